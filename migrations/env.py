@@ -1,0 +1,27 @@
+"""Alembic environment: qfsync's MetaData is the target; the engine comes from qfsync when it
+runs the migrations, or from QFSYNC_DATABASE_URL when a developer runs `alembic` by hand."""
+
+import os
+from logging.config import fileConfig
+
+from alembic import context
+
+from qfsync.db import DEFAULT_URL, connect
+from qfsync.schema import metadata
+
+config = context.config
+if config.config_file_name is not None:
+    # Keep qfsync's own loggers alive.
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+engine = config.attributes.get("engine") or connect(
+    os.environ.get("QFSYNC_DATABASE_URL", DEFAULT_URL)
+)
+with engine.begin() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()

@@ -1,0 +1,3 @@
+from qfsync.cli import main
+
+main(prog_name="qfsync")

@@ -1,0 +1,508 @@
+"""The `qfsync` command: thin click commands over the library; every expected failure becomes
+one line on stderr and a documented exit code, here and nowhere else."""
+
+import json
+import logging
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import click
+from sqlalchemy import Engine
+
+from . import __version__, db, runs
+from .client import (
+    DEFAULT_BASE_URL,
+    MAX_PAGE_SIZE,
+    Client,
+    Credentials,
+    JobQuery,
+    RetryPolicy,
+    walk,
+)
+from .errors import EXIT_SIGINT, EXIT_SIGTERM, ConfigError, Interrupted, QfsyncError
+from .sync import StopFlag, Sync, SyncResult
+
+log = logging.getLogger("qfsync")
+
+
+def fail(message: str, exit_code: int) -> None:
+    click.echo(f"qfsync: {message}", err=True)
+    sys.exit(exit_code)
+
+
+class Group(click.Group):
+    """Translates qfsync's errors into one line and an exit code; --verbose adds the detail."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except QfsyncError as exc:
+            log.debug("failure detail", exc_info=True)
+            fail(f"error: {exc}", exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug: say so briefly, with the way to see more
+            if log.isEnabledFor(logging.DEBUG):
+                traceback.print_exc()
+            fail(f"internal error: {type(exc).__name__}: {exc} (run with --verbose for details)", 1)
+
+
+@click.group(
+    cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
+@click.version_option(__version__, prog_name="qfsync")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Log retries, pages and error details to stderr."
+)
+def main(verbose: bool) -> None:
+    """Keep a SQL database in step with Baidu Qianfan fine-tuning jobs."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if verbose:
+        # urllib3's DEBUG lines add nothing qfsync does not log itself.
+        logging.getLogger("urllib3").setLevel(logging.INFO)
+
+
+def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command that talks to the API takes."""
+    options = [
+        click.option(
+            "--endpoint",
+            envvar="QIANFAN_CONSOLE_API_BASE_URL",
+            show_envvar=True,
+            default=DEFAULT_BASE_URL,
+            show_default=True,
+            help="Console API base URL.",
+        ),
+        click.option(
+            "--access-key",
+            envvar="QIANFAN_ACCESS_KEY",
+            show_envvar=True,
+            help="IAM access key (AK).",
+        ),
+        click.option(
+            "--secret-key",
+            envvar="QIANFAN_SECRET_KEY",
+            show_envvar=True,
+            help="IAM secret key (SK); prefer the environment variable.",
+        ),
+        click.option("--train-mode", help="Only jobs of this train mode (e.g. SFT)."),
+        click.option("--model", help="Only jobs of this base model (e.g. ERNIE-Speed-8K)."),
+        click.option(
+            "--page-size",
+            type=click.IntRange(1, MAX_PAGE_SIZE),
+            default=MAX_PAGE_SIZE,
+            show_default=True,
+            help="Jobs per request (maxKeys).",
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(1, 100),
+            default=8,
+            show_default=True,
+            help="Attempts per request before a transient failure is final.",
+        ),
+        click.option(
+            "--max-retry-wait",
+            type=click.FloatRange(0),
+            default=120.0,
+            show_default=True,
+            help="Seconds of backoff allowed per request, in total.",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(0.1),
+            default=60.0,
+            show_default=True,
+            help="Read timeout per request, in seconds.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def make_client(
+    endpoint: str,
+    access_key: str | None,
+    secret_key: str | None,
+    max_attempts: int,
+    max_retry_wait: float,
+    timeout: float,
+) -> Client:
+    if not access_key or not secret_key:
+        raise ConfigError("no credentials: set QIANFAN_ACCESS_KEY and QIANFAN_SECRET_KEY")
+    try:
+        return Client(
+            Credentials(access_key, secret_key),
+            endpoint,
+            RetryPolicy(
+                max_attempts=max_attempts, max_wait_s=max_retry_wait, read_timeout_s=timeout
+            ),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--endpoint: {exc}") from None
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=json_default)
+
+
+@main.command()
+@api_options
+@click.option("--reverse", is_flag=True, help="Newest first (pageReverse).")
+def jobs(
+    train_mode: str | None, model: str | None, page_size: int, reverse: bool, **api: Any
+) -> None:
+    """Print every job the API lists, one JSON object a line, without touching a database.
+
+    The quickest check of credentials and filters, and a preview of what a sync would store.
+    """
+    query = JobQuery(train_mode, model, page_size, reverse)
+    with make_client(**api) as client:
+        write = sys.stdout.write
+        for page in walk(client, query):
+            write("".join(dumps(job.to_json()) + "\n" for job in page.jobs))
+
+
+def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--database-url",
+        envvar="QFSYNC_DATABASE_URL",
+        show_envvar=True,
+        default=db.DEFAULT_URL,
+        show_default=True,
+        help="SQLAlchemy URL: sqlite:///FILE, postgresql://..., mysql://...",
+    )(command)
+
+
+def open_db(database_url: str) -> Engine:
+    """An engine that lives as long as the command, its connections closed at the end."""
+    return click.get_current_context().with_resource(db.connected(database_url))
+
+
+def install_signal_handlers(stop: StopFlag) -> None:
+    def handle(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        reason = Interrupted(name, EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
+        if stop.reason is not None:
+            raise reason  # a second signal: stop now, the open transaction rolls back
+        stop.request(reason)
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def progress_printer() -> Callable[[SyncResult], None]:
+    if not sys.stderr.isatty():
+        return lambda result: None
+
+    def show(result: SyncResult) -> None:
+        click.echo(
+            f"\rrun {result.run_id}: {result.pages} pages, {result.jobs_seen} jobs",
+            err=True,
+            nl=False,
+        )
+
+    return show
+
+
+@main.command()
+@database_option
+@api_options
+@click.option(
+    "--incremental",
+    is_flag=True,
+    help="Newest first, stopping at the first page with nothing new; never deletes.",
+)
+@click.option(
+    "--restart", is_flag=True, help="Walk from the start instead of resuming a failed run."
+)
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for another sync of the same scope to finish.",
+)
+@click.option(
+    "--no-migrate",
+    is_flag=True,
+    help="Refuse to run on an outdated schema instead of upgrading it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run's result as one JSON object.")
+def sync(
+    database_url: str,
+    train_mode: str | None,
+    model: str | None,
+    page_size: int,
+    incremental: bool,
+    restart: bool,
+    wait_s: float,
+    no_migrate: bool,
+    as_json: bool,
+    **api: Any,
+) -> None:
+    """Walk every page of the API and upsert each job, recording the run in sync_runs."""
+    engine = open_db(database_url)
+    upgraded = db.ensure_schema(engine, migrate=not no_migrate)
+    if upgraded:
+        click.echo(f"qfsync: {upgraded}", err=True)
+    stop = StopFlag()
+    install_signal_handlers(stop)
+    query = JobQuery(train_mode, model, page_size)
+    with make_client(**api) as client:
+        try:
+            result = Sync(
+                engine,
+                client,
+                query,
+                incremental=incremental,
+                restart=restart,
+                wait_s=wait_s,
+                stop=stop,
+                progress=progress_printer(),
+                notify=lambda message: click.echo(f"qfsync: {message}", err=True),
+            ).run()
+        finally:
+            if sys.stderr.isatty():
+                click.echo("", err=True)
+    if as_json:
+        click.echo(dumps(result.to_json()))
+    else:
+        click.echo(
+            f"run {result.run_id} {result.status} ({result.mode}): {result.pages} pages, "
+            f"{result.jobs_seen} jobs seen: {result.jobs_inserted} inserted, "
+            f"{result.jobs_updated} updated, {result.jobs_unchanged} unchanged, "
+            f"{result.jobs_deleted} deleted in {result.duration_s:.1f}s"
+        )
+
+
+RUN_COLUMNS = (
+    "id",
+    "started_at",
+    "status",
+    "mode",
+    "pages",
+    "jobs_seen",
+    "jobs_inserted",
+    "jobs_updated",
+    "jobs_unchanged",
+    "jobs_deleted",
+    "duration_s",
+    "error",
+)
+
+
+def run_row(run: dict[str, Any]) -> dict[str, Any]:
+    finished, started = run["finished_at"], run["started_at"]
+    duration = round((finished - started).total_seconds(), 3) if finished else None
+    return {**run, "duration_s": duration}
+
+
+def table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, datetime):
+            return value.strftime("%Y-%m-%d %H:%M:%S")
+        text = "" if value is None else str(value)
+        return text if len(text) <= 60 else text[:59] + "…"
+
+    cells = [[cell(row.get(column)) for column in columns] for row in rows]
+    widths = [
+        max([len(column)] + [len(row[i]) for row in cells]) for i, column in enumerate(columns)
+    ]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+@main.command("runs")
+@database_option
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def runs_command(database_url: str, limit: int, as_json: bool) -> None:
+    """Show the sync run history, newest first."""
+    engine = open_db(database_url)
+    db.ensure_schema(engine, migrate=False)
+    with engine.connect() as connection:
+        history = [run_row(run) for run in runs.history(connection, limit)]
+    if as_json:
+        click.echo(dumps(history))
+    elif history:
+        click.echo(table(history, RUN_COLUMNS))
+    else:
+        click.echo("no sync runs yet")
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema: migrations ship with qfsync."""
+
+
+@db_group.command()
+@database_option
+def upgrade(database_url: str) -> None:
+    """Bring the database schema to the latest revision."""
+    engine = open_db(database_url)
+    click.echo(db.ensure_schema(engine, migrate=True) or f"already at {db.head_revision()}")
+
+
+@db_group.command()
+@database_option
+def current(database_url: str) -> None:
+    """Print the database's schema revision and the latest one qfsync knows."""
+    engine = open_db(database_url)
+    revision = db.current_revision(engine)
+    head = db.head_revision()
+    state = "up to date" if revision == head else "behind: run `qfsync db upgrade`"
+    click.echo(f"{revision or 'empty'} (head {head}, {state})")
+
+
+@main.command("fake-api")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--jobs", "job_count", type=click.IntRange(0), default=1000, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for the generated jobs.")
+@click.option("--latency-ms", type=click.FloatRange(0), default=0.0, help="Delay per answer.")
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of 500s.")
+@click.option(
+    "--throttle-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share of 429s with Retry-After.",
+)
+@click.option(
+    "--retry-after",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    help="Retry-After seconds on a 429.",
+)
+@click.option(
+    "--drop-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share of connections closed without an answer.",
+)
+@click.option(
+    "--malformed-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share of answers that are not valid JSON.",
+)
+@click.option(
+    "--busy-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share of old-style 'server busy' (336100) answers.",
+)
+@click.option(
+    "--fail-after-pages",
+    type=click.IntRange(0),
+    default=None,
+    help="Fail every request after this many pages.",
+)
+@click.option("--no-auth", is_flag=True, help="Accept unsigned requests.")
+def fake_api(
+    host: str,
+    port: int,
+    job_count: int,
+    seed: int | None,
+    latency_ms: float,
+    error_rate: float,
+    throttle_rate: float,
+    retry_after: int,
+    drop_rate: float,
+    malformed_rate: float,
+    busy_rate: float,
+    fail_after_pages: int | None,
+    no_auth: bool,
+) -> None:
+    """Serve a local fake of DescribeFineTuningJobs, for the demo, tests and rehearsals."""
+    from .fake_api import DEFAULT_SEED, DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
+
+    faults = Faults(
+        latency_s=latency_ms / 1000,
+        error_rate=error_rate,
+        throttle_rate=throttle_rate,
+        retry_after_s=retry_after,
+        drop_rate=drop_rate,
+        malformed_rate=malformed_rate,
+        busy_rate=busy_rate,
+        fail_after_pages=fail_after_pages,
+    )
+    api = FakeApi(
+        job_count,
+        DEFAULT_SEED if seed is None else seed,
+        faults,
+        host,
+        port,
+        check_auth=not no_auth,
+    )
+    api.start()
+    click.echo(
+        f"fake API serving {job_count} jobs at {api.url} (Ctrl-C stops it); demo "
+        f"credentials: QIANFAN_ACCESS_KEY={DEMO_ACCESS_KEY} "
+        f"QIANFAN_SECRET_KEY={DEMO_SECRET_KEY}",
+        err=True,
+    )
+    api.serve_forever()
+
+
+@main.command("report")
+@database_option
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table: sections for people; csv: one table with the columns section, month, model, "
+    "train_mode, metric, value (sections jobs, by_model, by_month, sync); json: one object.",
+)
+@click.option(
+    "--max-age",
+    metavar="DURATION",
+    help="Exit with code 4 after printing if the last successful sync finished longer ago "
+    "than this (90s, 30m, 26h, 7d), or if none has.",
+)
+def report_command(database_url: str, output_format: str, max_age: str | None) -> None:
+    """Print the state of the data: total, listed and deleted jobs; listed jobs by model and
+    train mode; jobs created per month; the last sync and its health (the sync_health view)."""
+    from . import report
+
+    try:
+        allowed = None if max_age is None else report.parse_duration(max_age)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--max-age'") from None
+    engine = db.connect(database_url)
+    db.ensure_schema(engine, migrate=False)
+    with engine.connect() as connection:
+        state = report.collect(connection)
+    if output_format == "json":
+        click.echo(dumps(state))
+    elif output_format == "csv":
+        click.echo(report.to_csv(state), nl=False)
+    else:
+        click.echo(
+            "\n\n".join(
+                f"{title}\n{table(rows, columns) if rows else '(none)'}"
+                for title, columns, rows in report.sections(state)
+            )
+        )
+    if allowed is not None:
+        report.check_fresh(state, allowed)

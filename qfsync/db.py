@@ -1,0 +1,137 @@
+"""Database URLs, engines and migrations: everything qfsync needs before it writes a row."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from .errors import ConfigError, DatabaseError, SchemaOutdated
+
+DEFAULT_URL = "sqlite:///qfsync.db"
+# Plain scheme names get the drivers qfsync installs, not SQLAlchemy's older defaults.
+DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+
+
+def parse_url(raw: str) -> URL:
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigError(
+            f"not a database URL: {mask_text(raw)!r} "
+            "(expected e.g. sqlite:///qfsync.db or postgresql://user@host/db)"
+        ) from None
+    url = url.set(drivername=DRIVERS.get(url.drivername, url.drivername))
+    if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
+        url = url.update_query_dict({"charset": "utf8mb4"})
+    return url
+
+
+def mask(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def mask_text(raw: str) -> str:
+    """Hide the password in a URL-like string that may not parse."""
+    try:
+        return mask(make_url(raw))
+    except ArgumentError:
+        head, at, tail = raw.rpartition("@")
+        return f"{head.split(':')[0]}:***@{tail}" if at and ":" in head.split("//")[-1] else raw
+
+
+def describe(exc: BaseException, url: URL) -> str:
+    """The first line of a driver error, with the password scrubbed in case a driver echoes it."""
+    orig = getattr(exc, "orig", None) or exc
+    text = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    if url.password:
+        text = text.replace(str(url.password), "***")
+    return text
+
+
+def connect(raw_url: str) -> Engine:
+    """An engine for the URL, checked with one round trip, so a bad URL fails before the run."""
+    url = parse_url(raw_url)
+    try:
+        if url.get_backend_name() == "sqlite":
+            # Another sync or a BI tool may hold the file briefly: wait instead of failing.
+            engine = create_engine(url, connect_args={"timeout": 60})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        with engine.connect():
+            pass
+    except NoSuchModuleError:
+        raise ConfigError(
+            f"no driver for {url.drivername} (use sqlite, postgresql or mysql)"
+        ) from None
+    except (SQLAlchemyError, OSError, ValueError) as exc:
+        raise DatabaseError(f"cannot connect to {mask(url)}: {describe(exc, url)}") from None
+    return engine
+
+
+@contextmanager
+def connected(raw_url: str) -> Iterator[Engine]:
+    """`connect`, and close every pooled connection when done."""
+    engine = connect(raw_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # WAL lets a BI tool read while a sync writes.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    """Alembic's config built from the installed package, so a wheel can migrate on its own."""
+    config = Config()
+    config.set_main_option("script_location", str(files("qfsync.migrations")))
+    if engine is not None:
+        config.attributes["engine"] = engine
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "qfsync ships at least one migration"
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> None:
+    command.upgrade(alembic_config(engine), "head")
+
+
+def ensure_schema(engine: Engine, migrate: bool) -> str | None:
+    """Bring the database to head (or refuse to); returns what was done, for the operator."""
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return None
+    url = mask(engine.url)
+    if not migrate:
+        raise SchemaOutdated(
+            f"the database schema is at {current or 'nothing'}, qfsync needs {head}: "
+            f"run `qfsync db upgrade --database-url '{url}'`"
+        )
+    upgrade(engine)
+    return f"upgraded the database schema from {current or 'empty'} to {head}"

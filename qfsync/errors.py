@@ -1,0 +1,101 @@
+"""The failures qfsync knows how to explain, each with the exit code the CLI gives it."""
+
+# Exit codes, documented in the README.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_STALE = 4
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class QfsyncError(Exception):
+    """A failure with a one-line explanation for the operator."""
+
+    exit_code = EXIT_FAILED
+
+
+class ConfigError(QfsyncError):
+    """A wrong option or missing setting."""
+
+    exit_code = EXIT_USAGE
+
+
+class ApiError(QfsyncError):
+    """The API answered with an error that retrying will not fix."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        request_id: str | None = None,
+        status: int | None = None,
+        hint: str | None = None,
+    ):
+        self.code, self.api_message, self.request_id, self.status = (
+            code,
+            message,
+            request_id,
+            status,
+        )
+        parts = [f"API error {code}"]
+        if status is not None:
+            parts[0] += f" (HTTP {status})"
+        parts.append(message or "no message")
+        text = ": ".join(parts)
+        if request_id:
+            text += f" [requestId {request_id}]"
+        if hint:
+            text += f". {hint}"
+        super().__init__(text)
+
+
+class TransientError(QfsyncError):
+    """A failure worth retrying: connection error, throttling, server error, malformed page."""
+
+
+class RetriesExhausted(QfsyncError):
+    """A transient failure outlasted the retry budget."""
+
+
+class MalformedResponse(TransientError):
+    """A response that does not have the documented shape."""
+
+    def __init__(self, problem: str, excerpt: str = ""):
+        self.problem, self.excerpt = problem, excerpt
+        super().__init__(
+            f"malformed response: {problem}" + (f"; got: {excerpt}" if excerpt else "")
+        )
+
+
+class PagingError(QfsyncError):
+    """The API's paging went wrong in a way that would loop or lose jobs."""
+
+
+class DatabaseError(QfsyncError):
+    """The database is unreachable, misconfigured or failed mid-run."""
+
+
+class SchemaOutdated(QfsyncError):
+    """The database is behind the code's schema and migrating was not allowed."""
+
+
+class SyncLocked(QfsyncError):
+    """Another sync of the same scope holds the lock."""
+
+    exit_code = EXIT_LOCKED
+
+
+class Interrupted(QfsyncError):
+    """SIGINT or SIGTERM stopped the run between pages."""
+
+    def __init__(self, signal_name: str, exit_code: int):
+        self.exit_code = exit_code
+        super().__init__(f"interrupted by {signal_name}")
+
+
+class StaleData(QfsyncError):
+    """The last successful sync is older than the caller allows."""
+
+    exit_code = EXIT_STALE

@@ -1,0 +1,147 @@
+"""What a DescribeFineTuningJobs page must look like, and the records qfsync takes from it.
+
+Every response is checked here before anything is written: a page either becomes a `Page` of
+`Job`s or raises `MalformedResponse` with an excerpt of what came back. Nothing is skipped.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import MalformedResponse
+
+EXCERPT_CHARS = 200
+TEXT_FIELDS = ("name", "description", "model", "trainMode")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: str
+    name: str | None
+    description: str | None
+    model: str | None
+    train_mode: str | None
+    created_at: datetime | None
+    raw: dict[str, Any]
+    content_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as `qfsync jobs` prints it: what a sync would store."""
+        return {
+            "job_id": self.job_id,
+            "name": self.name,
+            "description": self.description,
+            "model": self.model,
+            "train_mode": self.train_mode,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "raw": self.raw,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    jobs: list[Job]
+    marker: str | None
+    next_marker: str | None
+    request_id: str | None
+
+    @property
+    def is_last(self) -> bool:
+        return self.next_marker is None
+
+
+def excerpt(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 time as an aware UTC datetime; a value without an offset is taken as UTC."""
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def content_hash(item: dict[str, Any]) -> str:
+    """A digest of the item as the API sent it, so a re-sync can tell unchanged jobs cheaply."""
+    canonical = json.dumps(item, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_job(item: Any, position: int) -> Job:
+    where = f"jobList[{position}]"
+    if not isinstance(item, dict):
+        raise MalformedResponse(f"{where} is not an object", excerpt(repr(item)))
+    job_id = item.get("jobId")
+    if not isinstance(job_id, str) or not job_id.strip():
+        raise MalformedResponse(
+            f"{where}.jobId is missing or not a non-empty string",
+            excerpt(json.dumps(item, ensure_ascii=False)),
+        )
+    for field in TEXT_FIELDS:
+        if item.get(field) is not None and not isinstance(item[field], str):
+            raise MalformedResponse(
+                f"{where}.{field} of job {job_id} is not a string", excerpt(repr(item[field]))
+            )
+    # The doc says createTime; the official SDK's own test server sends createDate.
+    created = item.get("createTime", item.get("createDate"))
+    created_at = None
+    if created is not None:
+        try:
+            created_at = parse_time(created) if isinstance(created, str) else None
+        except ValueError:
+            pass
+        if created_at is None:
+            raise MalformedResponse(
+                f"{where}.createTime of job {job_id} is not an ISO 8601 time",
+                excerpt(repr(created)),
+            )
+    return Job(
+        job_id=job_id,
+        name=item.get("name"),
+        description=item.get("description"),
+        model=item.get("model"),
+        train_mode=item.get("trainMode"),
+        created_at=created_at,
+        raw=item,
+        content_hash=content_hash(item),
+    )
+
+
+def parse_page(body: Any, text: str = "") -> Page:
+    """Validate one decoded response body; `text` is the raw body, for the error excerpt."""
+    shown = excerpt(text) if text else excerpt(repr(body))
+    if not isinstance(body, dict):
+        raise MalformedResponse("the body is not a JSON object", shown)
+    result = body.get("result")
+    if not isinstance(result, dict):
+        raise MalformedResponse("'result' is missing or not an object", shown)
+    job_list = result.get("jobList")
+    if not isinstance(job_list, list):
+        raise MalformedResponse("'result.jobList' is missing or not a list", shown)
+    page_info = result.get("pageInfo")
+    if not isinstance(page_info, dict):
+        raise MalformedResponse("'result.pageInfo' is missing or not an object", shown)
+    truncated = page_info.get("isTruncated")
+    if not isinstance(truncated, bool):
+        raise MalformedResponse("'pageInfo.isTruncated' is missing or not a boolean", shown)
+    next_marker = page_info.get("nextMarker")
+    if next_marker is not None and not isinstance(next_marker, str):
+        raise MalformedResponse("'pageInfo.nextMarker' is not a string", shown)
+    marker = page_info.get("marker")
+    if marker is not None and not isinstance(marker, str):
+        raise MalformedResponse("'pageInfo.marker' is not a string", shown)
+    request_id = body.get("requestId")
+    jobs = [parse_job(item, i) for i, item in enumerate(job_list)]
+    if len({job.job_id for job in jobs}) != len(jobs):
+        raise MalformedResponse("a jobId appears twice in one page", shown)
+    return Page(
+        jobs=jobs,
+        marker=marker or None,
+        # A last page may omit nextMarker or send it empty; either ends the walk.
+        next_marker=next_marker if truncated and next_marker else None,
+        request_id=request_id if isinstance(request_id, str) else None,
+    )

@@ -1,0 +1,175 @@
+"""What the data says: job totals, jobs by model and month, and whether the sync is healthy.
+
+`collect` reads one consistent picture from the tables and the reporting views into a plain
+dict; `sections` and `to_csv` lay that dict out for people and spreadsheets; `check_fresh` turns
+an old last success into `StaleData`. The CLI prints and exits; nothing here knows about click.
+"""
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Integer, String, column, func, select, table
+
+from .errors import StaleData
+from .schema import LongText, UtcDateTime, finetuning_jobs
+
+# The views of migration 0002, typed so that every dialect hands back the same Python values
+# (SQLite returns a view's timestamps as text, MariaDB without a zone).
+jobs_current = table(
+    "finetuning_jobs_current", column("model", String()), column("train_mode", String())
+)
+jobs_monthly = table(
+    "finetuning_jobs_monthly",
+    column("month", String()),
+    column("jobs_created", Integer()),
+    column("jobs_listed", Integer()),
+)
+sync_health = table(
+    "sync_health",
+    column("last_run_id", Integer()),
+    column("last_run_status", String()),
+    column("last_run_started_at", UtcDateTime()),
+    column("last_success_run_id", Integer()),
+    column("last_success_at", UtcDateTime()),
+    column("last_success_age_s", Integer()),
+    column("last_error", LongText),
+    column("failures_since_success", Integer()),
+)
+
+DURATION = re.compile(r"(\d+)([smhd])")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+CSV_COLUMNS = ("section", "month", "model", "train_mode", "metric", "value")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `30m`, `26h`, `7d`: a positive whole number and one unit."""
+    match = DURATION.fullmatch(text.strip())
+    if match is None or int(match[1]) == 0:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 26h or 7d")
+    return timedelta(**{UNITS[match[2]]: int(match[1])})
+
+
+def format_age(seconds: int) -> str:
+    """An age in its two largest units, as an operator reads it: `45s`, `12m 5s`, `1d 2h`."""
+    counts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        counts.append((count, unit))
+    largest = next((i for i, (count, _) in enumerate(counts) if count), len(counts))
+    return " ".join(f"{c}{u}" for c, u in counts[largest : largest + 2] if c) or "0s"
+
+
+def _last(value: str | None) -> tuple[bool, str]:
+    """Sort key that puts a missing model, train mode or month after the named ones on every
+    dialect (PostgreSQL sorts NULL last, SQLite and MariaDB first)."""
+    return (value is None, value or "")
+
+
+def collect(connection: Connection) -> dict[str, Any]:
+    """The report as one JSON-ready dict (datetimes aside): `jobs`, `by_model`, `by_month`,
+    `sync`. Listed means the API still lists the job; deleted, that a complete walk missed it."""
+    jc = finetuning_jobs.c
+    total, deleted = connection.execute(
+        select(func.count(), func.count(jc.deleted_at)).select_from(finetuning_jobs)
+    ).one()
+    by_model = connection.execute(
+        select(jobs_current.c.model, jobs_current.c.train_mode, func.count()).group_by(
+            jobs_current.c.model, jobs_current.c.train_mode
+        )
+    ).all()
+    by_month = connection.execute(
+        select(
+            jobs_monthly.c.month,
+            func.sum(jobs_monthly.c.jobs_created),
+            func.sum(jobs_monthly.c.jobs_listed),
+        ).group_by(jobs_monthly.c.month)
+    ).all()
+    health = connection.execute(select(sync_health)).one()._asdict()
+    return {
+        "jobs": {"total": total, "listed": total - deleted, "deleted": deleted},
+        "by_model": [
+            {"model": model, "train_mode": train_mode, "listed": int(count)}
+            for model, train_mode, count in sorted(
+                by_model, key=lambda row: (_last(row[0]), _last(row[1]))
+            )
+        ],
+        # SUM is DECIMAL on MariaDB: ints keep JSON and CSV the same on every dialect.
+        "by_month": [
+            {"month": month, "created": int(created), "listed": int(listed)}
+            for month, created, listed in sorted(by_month, key=lambda row: _last(row[0]))
+        ],
+        "sync": health,
+    }
+
+
+def check_fresh(report: dict[str, Any], max_age: timedelta) -> None:
+    """Raise StaleData unless a sync succeeded within `max_age`."""
+    sync = report["sync"]
+    allowed = format_age(int(max_age.total_seconds()))
+    if sync["last_success_at"] is None:
+        raise StaleData(f"no sync has succeeded yet (allowed age {allowed}): run `qfsync sync`")
+    age = sync["last_success_age_s"]
+    if age > max_age.total_seconds():
+        raise StaleData(
+            f"the last successful sync (run {sync['last_success_run_id']}) finished "
+            f"{format_age(age)} ago, more than the allowed {allowed}; "
+            f"{sync['failures_since_success']} failed runs since"
+        )
+
+
+def sections(report: dict[str, Any]) -> list[tuple[str, tuple[str, ...], list[dict[str, Any]]]]:
+    """The report as titled tables (title, columns, rows), for people to read."""
+    sync = report["sync"]
+    age = sync["last_success_age_s"]
+    health = {
+        **sync,
+        "last_success_age_s": None if age is None else f"{age} ({format_age(age)})",
+    }
+    return [
+        ("Jobs", ("total", "listed", "deleted"), [report["jobs"]]),
+        (
+            "Listed jobs by model and train mode",
+            ("model", "train_mode", "listed"),
+            report["by_model"],
+        ),
+        ("Jobs created per month (UTC)", ("month", "created", "listed"), report["by_month"]),
+        (
+            "Sync health",
+            ("field", "value"),
+            [{"field": key, "value": value} for key, value in health.items()],
+        ),
+    ]
+
+
+def csv_rows(report: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """One long table: every number or fact is a row, so a spreadsheet can pivot it."""
+    for metric, value in report["jobs"].items():
+        yield {"section": "jobs", "metric": metric, "value": value}
+    for row in report["by_model"]:
+        yield {**row, "section": "by_model", "metric": "listed", "value": row["listed"]}
+    for row in report["by_month"]:
+        for metric in ("created", "listed"):
+            yield {
+                "section": "by_month",
+                "month": row["month"],
+                "metric": metric,
+                "value": row[metric],
+            }
+    for metric, value in report["sync"].items():
+        yield {"section": "sync", "metric": metric, "value": value}
+
+
+def to_csv(report: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in csv_rows(report):
+        value = row["value"]
+        writer.writerow(
+            {**row, "value": value.isoformat() if isinstance(value, datetime) else value}
+        )
+    return out.getvalue()

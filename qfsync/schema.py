@@ -1,0 +1,215 @@
+"""The tables, as one SQLAlchemy Core MetaData: the single source for migrations and queries.
+
+Table and column names are a public interface: reports and BI dashboards are built on them.
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects import mysql
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# utf8mb4 so that Chinese text and emoji fit; a binary collation so job ids compare exactly.
+MYSQL_TABLE: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every dialect.
+
+    PostgreSQL stores `timestamptz`; SQLite and MariaDB have no zone, so UTC is stored naive
+    there, with microseconds (MariaDB's DATETIME would otherwise drop them).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("qfsync stores aware datetimes only")
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+JobId = String(64)
+
+
+sync_runs = Table(
+    "sync_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True, comment="Run number."),
+    Column("started_at", UtcDateTime, nullable=False, comment="When the run started (UTC)."),
+    Column("finished_at", UtcDateTime, comment="When the run ended (UTC); NULL while running."),
+    Column("status", String(16), nullable=False, comment="running, succeeded or failed."),
+    Column(
+        "mode",
+        String(16),
+        nullable=False,
+        default="full",
+        comment="full (a complete walk) or incremental (newest first, stops at known jobs).",
+    ),
+    Column("train_mode_filter", String(64), comment="The trainMode filter; NULL for all."),
+    Column("model_filter", String(128), comment="The model filter; NULL for all."),
+    Column("page_size", Integer, nullable=False, comment="maxKeys sent on every request."),
+    Column("pages", Integer, nullable=False, default=0, comment="Pages committed by this run."),
+    Column("jobs_seen", Integer, nullable=False, default=0, comment="Jobs listed by the API."),
+    Column("jobs_inserted", Integer, nullable=False, default=0, comment="Jobs new to the table."),
+    Column(
+        "jobs_updated",
+        Integer,
+        nullable=False,
+        default=0,
+        comment="Jobs whose stored fields changed, including jobs listed again after deletion.",
+    ),
+    Column(
+        "jobs_unchanged",
+        Integer,
+        nullable=False,
+        default=0,
+        comment="Jobs listed exactly as stored; only last_seen_at was touched.",
+    ),
+    Column(
+        "jobs_deleted",
+        Integer,
+        nullable=False,
+        default=0,
+        comment="Stored jobs of this scope that a complete walk no longer found.",
+    ),
+    Column(
+        "next_marker",
+        String(255),
+        comment="Marker of the next page after the last committed one; where a resume starts.",
+    ),
+    Column("resumed_from", Integer, comment="The failed run whose walk this run continued."),
+    Column(
+        "walk_started_at",
+        UtcDateTime,
+        nullable=False,
+        comment="Start of the walk this run belongs to (earlier than started_at if resumed).",
+    ),
+    Column(
+        "complete",
+        Boolean,
+        nullable=False,
+        default=False,
+        comment="True when the walk reached the last page.",
+    ),
+    Column("error", LongText, comment="Why the run failed; NULL otherwise."),
+    Column("host", String(255), comment="Host name of the machine that ran the sync."),
+    Column("pid", Integer, comment="Process id of the sync."),
+    Column("qfsync_version", String(32), nullable=False, comment="qfsync version that ran."),
+    Index(None, "started_at"),
+    Index(None, "status", "finished_at"),
+    Index(None, "train_mode_filter", "model_filter", "mode", "started_at"),
+    comment="One row per qfsync sync run: its scope, progress, counts and outcome.",
+    **MYSQL_TABLE,
+)
+
+finetuning_jobs = Table(
+    "finetuning_jobs",
+    metadata,
+    Column("job_id", JobId, primary_key=True, comment="Qianfan jobId."),
+    Column("name", LongText, comment="Job name as listed."),
+    Column("description", LongText, comment="Job description as listed."),
+    Column("model", String(128), comment="Base model version, e.g. ERNIE-Speed-8K."),
+    Column("train_mode", String(64), comment="Training mode, e.g. SFT, PostPretrain, DPO, KTO."),
+    Column("created_at", UtcDateTime, comment="createTime (or createDate) from the API, UTC."),
+    Column(
+        "first_seen_at", UtcDateTime, nullable=False, comment="When a sync first stored the job."
+    ),
+    Column(
+        "last_seen_at",
+        UtcDateTime,
+        nullable=False,
+        comment="When a sync last found the job listed.",
+    ),
+    Column(
+        "deleted_at",
+        UtcDateTime,
+        comment="When a complete walk first missed the job; NULL while the API lists it.",
+    ),
+    Column("raw", JSON, nullable=False, comment="The jobList item exactly as received."),
+    Column(
+        "content_hash",
+        String(64),
+        nullable=False,
+        comment="SHA-256 of the item, to tell unchanged jobs without comparing every field.",
+    ),
+    Column(
+        "last_run_id",
+        Integer,
+        nullable=False,
+        comment="The sync_runs.id that last inserted, changed or saw the job.",
+    ),
+    Index(None, "model", "train_mode"),
+    Index(None, "created_at"),
+    Index(None, "deleted_at"),
+    Index(None, "last_seen_at"),
+    comment="Every fine-tuning job qfsync has seen, one row per job, current state.",
+    **MYSQL_TABLE,
+)
+
+finetuning_job_versions = Table(
+    "finetuning_job_versions",
+    metadata,
+    Column("job_id", JobId, primary_key=True, comment="Qianfan jobId."),
+    Column(
+        "version",
+        Integer,
+        primary_key=True,
+        autoincrement=False,
+        comment="1 for the first version seen, then 2, 3, ...",
+    ),
+    Column(
+        "valid_from", UtcDateTime, nullable=False, comment="When the sync first saw this version."
+    ),
+    Column(
+        "valid_to",
+        UtcDateTime,
+        comment="When it was replaced or the job disappeared; NULL for the current version.",
+    ),
+    Column("name", LongText, comment="Job name in this version."),
+    Column("description", LongText, comment="Job description in this version."),
+    Column("model", String(128), comment="Base model in this version."),
+    Column("train_mode", String(64), comment="Training mode in this version."),
+    Column("run_id", Integer, nullable=False, comment="The sync_runs.id that opened the version."),
+    Index(None, "valid_to"),
+    Index(None, "valid_from"),
+    comment="History: one row per distinct (name, description, model, train_mode) of a job.",
+    **MYSQL_TABLE,
+)
+
+VERSIONED_FIELDS = ("name", "description", "model", "train_mode")

@@ -1,0 +1,343 @@
+"""One sync run: lock the scope, open the run row, walk the API, commit each page with its
+bookkeeping, then mark deletions and finish the run.
+
+API pages -> validated Jobs -> one transaction per page -> the run's row. A failure anywhere
+after the run row exists marks it `failed` with the reason and leaves committed pages intact;
+the next full sync of the scope resumes at the marker the last committed page recorded.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from itertools import chain
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import runs, store
+from .client import Client, JobQuery, walk
+from .db import describe, mask
+from .errors import ApiError, DatabaseError, Interrupted, QfsyncError, SyncLocked
+from .lock import sync_lock
+from .pages import Job, Page
+from .store import Counts, Scope
+
+log = logging.getLogger(__name__)
+
+PREFETCH_PAGES = 2
+
+
+class StopFlag:
+    """Set from a signal handler; the sync stops at the next page boundary."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason: Interrupted | None = None
+
+    def request(self, reason: Interrupted) -> None:
+        self.reason = reason
+        self.event.set()
+
+
+@dataclass
+class SyncResult:
+    run_id: int
+    status: str
+    mode: str
+    pages: int = 0
+    jobs_seen: int = 0
+    jobs_inserted: int = 0
+    jobs_updated: int = 0
+    jobs_unchanged: int = 0
+    jobs_deleted: int = 0
+    duration_s: float = 0.0
+    resumed_from: int | None = None
+    requests: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, seen: int, counts: Counts) -> None:
+        self.pages += 1
+        self.jobs_seen += seen
+        self.jobs_inserted += counts.inserted
+        self.jobs_updated += counts.updated
+        self.jobs_unchanged += counts.unchanged
+
+    def to_json(self) -> dict[str, Any]:
+        keys = (
+            "run_id",
+            "status",
+            "mode",
+            "pages",
+            "jobs_seen",
+            "jobs_inserted",
+            "jobs_updated",
+            "jobs_unchanged",
+            "jobs_deleted",
+            "duration_s",
+            "resumed_from",
+            "requests",
+        )
+        return {key: getattr(self, key) for key in keys}
+
+
+def newest_first(jobs: list[Job], after: datetime | None = None) -> bool:
+    """True when creation times never increase along the page (and from `after` on)."""
+    times = [job.created_at for job in jobs if job.created_at is not None]
+    if after is not None:
+        times.insert(0, after)
+    return all(a >= b for a, b in zip(times, times[1:], strict=False))
+
+
+def prefetched(pages: Iterator[Page], halt: threading.Event) -> Iterator[Page]:
+    """Fetch the next page in a thread while the caller writes this one."""
+    slots: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_PAGES)
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not halt.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for page in pages:
+                if not put(page):
+                    return
+            put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(exc)
+
+    producer = threading.Thread(target=produce, name="qfsync-fetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            try:
+                item = slots.get(timeout=0.1)
+            except queue.Empty:
+                if halt.is_set():
+                    return
+                continue
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        halt.set()
+        producer.join(timeout=5)
+
+
+class Sync:
+    """Runs one sync of one scope; see `run`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        client: Client,
+        query: JobQuery,
+        incremental: bool = False,
+        restart: bool = False,
+        wait_s: float = 0.0,
+        stop: StopFlag | None = None,
+        progress: Callable[[SyncResult], None] | None = None,
+        notify: Callable[[str], None] | None = None,
+    ):
+        self.engine, self.client, self.query = engine, client, query
+        self.incremental, self.restart, self.wait_s = incremental, restart, wait_s
+        self.stop = stop or StopFlag()
+        self.progress = progress or (lambda result: None)
+        self.scope = Scope(query.train_mode, query.model)
+        self.notes: list[str] = []
+        self._notify = notify or (lambda message: None)
+
+    def note(self, message: str) -> None:
+        log.info(message)
+        self.notes.append(message)
+        self._notify(message)
+
+    def run(self) -> SyncResult:
+        with sync_lock(self.engine, self.scope.key, self.wait_s) as held:
+            if not held:
+                raise SyncLocked(self._locked_message())
+            return self._run_locked()
+
+    def _locked_message(self) -> str:
+        with self.engine.connect() as connection:
+            holder = runs.running(connection, self.scope)
+        if holder is None:
+            return f"another sync of {self.scope.key} is starting; try again shortly"
+        return (
+            f"another sync is running (run {holder.id}, started "
+            f"{holder.started_at:%Y-%m-%d %H:%M:%S}Z, host {holder.host}, pid {holder.pid})"
+        )
+
+    def _run_locked(self) -> SyncResult:
+        clock = time.monotonic()
+        mode = runs.INCREMENTAL if self.incremental else runs.FULL
+        with self.engine.begin() as connection:
+            for run_id in runs.abandon_stale(connection, self.scope):
+                self.note(f"run {run_id} was abandoned (its process died); marked failed")
+            resume = (
+                None
+                if self.incremental or self.restart
+                else runs.resume_point(connection, self.scope)
+            )
+            run_id, started_at = runs.start(
+                connection, self.scope, mode, self.query.page_size, resume
+            )
+        result = SyncResult(
+            run_id, runs.RUNNING, mode, resumed_from=resume.run_id if resume else None
+        )
+        if resume:
+            self.note(f"resuming the walk of run {resume.run_id} at marker {resume.marker}")
+        requests_before = self.client.requests_made
+        try:
+            if self.incremental:
+                self._incremental(result, started_at)
+            else:
+                self._full(
+                    result,
+                    resume.marker if resume else None,
+                    resume.walk_started_at if resume else started_at,
+                    started_at,
+                )
+        except BaseException as exc:
+            failure = self._explain(exc)
+            try:
+                runs.fail(self.engine, run_id, str(failure))
+            except SQLAlchemyError as db_exc:
+                raise DatabaseError(
+                    f"{failure}; the run could not be marked failed either "
+                    f"({describe(db_exc, self.engine.url)})"
+                ) from None
+            if failure is exc:
+                raise
+            raise failure from None
+        finally:
+            self.stop.event.set()  # halts the prefetch thread, if any
+        result.status = runs.SUCCEEDED
+        result.requests = self.client.requests_made - requests_before
+        result.duration_s = round(time.monotonic() - clock, 3)
+        result.notes = self.notes
+        return result
+
+    def _explain(self, exc: BaseException) -> BaseException:
+        """The error to record and raise: the interruption if one was asked for, a database
+        error without the driver's noise, or the error itself."""
+        if self.stop.reason is not None:
+            return self.stop.reason
+        if isinstance(exc, SQLAlchemyError):
+            return DatabaseError(
+                f"database error on {mask(self.engine.url)}: {describe(exc, self.engine.url)}"
+            )
+        if isinstance(exc, QfsyncError | KeyboardInterrupt):
+            return exc
+        return QfsyncError(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _write(
+        self,
+        result: SyncResult,
+        page: Page,
+        run_id: int,
+        finish: Callable[[Any], None] | None = None,
+    ) -> Counts:
+        """Commit one page and the run's progress in one transaction (and the run's end, if
+        `finish` is given), then stop here if a signal asked to."""
+        with self.engine.begin() as connection:
+            counts = store.write_jobs(connection, page.jobs, run_id, runs.utcnow())
+            runs.record_page(connection, run_id, len(page.jobs), counts, page.next_marker)
+            if finish is not None:
+                finish(connection)
+        result.add(len(page.jobs), counts)
+        self.progress(result)
+        if self.stop.reason is not None:
+            raise self.stop.reason
+        return counts
+
+    def _first_page(
+        self, query: JobQuery, marker: str | None, result: SyncResult, started_at: datetime
+    ) -> tuple[Iterator[Page], datetime | None]:
+        """Start the walk; a resume marker the API rejects (its job was deleted) restarts it."""
+        pages = walk(self.client, query, marker, self.stop.event)
+        try:
+            return chain([next(pages)], pages), None
+        except ApiError as exc:
+            if marker is None or exc.code != "InvalidRequestArgumentError":
+                raise
+        self.note(
+            f"the API rejected the saved marker {marker} (its job was probably deleted); "
+            "walking from the start"
+        )
+        with self.engine.begin() as connection:
+            runs.restart_walk(connection, result.run_id, started_at)
+        result.resumed_from = None
+        pages = walk(self.client, query, None, self.stop.event)
+        return chain([next(pages)], pages), started_at
+
+    def _full(
+        self,
+        result: SyncResult,
+        marker: str | None,
+        walk_started_at: datetime,
+        started_at: datetime,
+        query: JobQuery | None = None,
+    ) -> None:
+        query = query or self.query
+        pages, restarted_at = self._first_page(query, marker, result, started_at)
+        walk_started_at = restarted_at or walk_started_at
+        first = next(pages)
+        stream = (
+            chain([first], prefetched(pages, self.stop.event))
+            if not first.is_last
+            else iter([first])
+        )
+
+        def finish(connection: Any) -> None:
+            result.jobs_deleted = store.mark_deleted(
+                connection, self.scope, walk_started_at, result.run_id, runs.utcnow()
+            )
+            runs.succeed(connection, result.run_id, complete=True, deleted=result.jobs_deleted)
+
+        for page in stream:
+            self._write(result, page, result.run_id, finish if page.is_last else None)
+
+    def _incremental(self, result: SyncResult, started_at: datetime) -> None:
+        """Newest first until a page holds nothing new or changed; never deletes."""
+        for reverse in (True, False):
+            query = replace(self.query, reverse=reverse)
+            pages, _ = self._first_page(query, None, result, started_at)
+            first = next(pages)
+            if newest_first(first.jobs):
+                break
+        else:
+            self._fall_back(result, started_at, "neither order of the listing is newest first")
+            return
+        newest: datetime | None = None
+        for page in chain([first], pages):
+            if not newest_first(page.jobs, newest):
+                self._fall_back(result, started_at, "the listing's pages are not newest first")
+                return
+            times = [job.created_at for job in page.jobs if job.created_at is not None]
+            newest = times[-1] if times else newest
+            done = page.is_last
+            counts = self._write(result, page, result.run_id)
+            if counts.changed == 0 or done:
+                with self.engine.begin() as connection:
+                    runs.succeed(connection, result.run_id, complete=done, deleted=0)
+                return
+
+    def _fall_back(self, result: SyncResult, started_at: datetime, why: str) -> None:
+        self.note(f"{why}; falling back to a full walk")
+        result.mode = runs.FULL
+        with self.engine.begin() as connection:
+            runs.set_mode(connection, result.run_id, runs.FULL)
+        self._full(result, None, started_at, started_at, replace(self.query, reverse=False))
