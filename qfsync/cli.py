@@ -490,9 +490,12 @@ def report_command(database_url: str, output_format: str, max_age: str | None) -
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--max-age'") from None
     engine = db.connect(database_url)
-    db.ensure_schema(engine, migrate=False)
-    with engine.connect() as connection:
-        state = report.collect(connection)
+    try:
+        db.ensure_schema(engine, migrate=False)
+        with engine.connect() as connection:
+            state = report.collect(connection)
+    finally:
+        engine.dispose()
     if output_format == "json":
         click.echo(dumps(state))
     elif output_format == "csv":

@@ -1,5 +1,6 @@
 """Database URLs, engines and migrations: everything qfsync needs before it writes a row."""
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -24,10 +25,13 @@ DRIVERS = {
 }
 
 
+PASSWORD_IN_URL = re.compile(r"(//[^:/@]*:)[^@]*@")
+
+
 def parse_url(raw: str) -> URL:
     try:
         url = make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigError(
             f"not a database URL: {mask_text(raw)!r} "
             "(expected e.g. sqlite:///qfsync.db or postgresql://user@host/db)"
@@ -43,12 +47,8 @@ def mask(url: URL) -> str:
 
 
 def mask_text(raw: str) -> str:
-    """Hide the password in a URL-like string that may not parse."""
-    try:
-        return mask(make_url(raw))
-    except ArgumentError:
-        head, at, tail = raw.rpartition("@")
-        return f"{head.split(':')[0]}:***@{tail}" if at and ":" in head.split("//")[-1] else raw
+    """Hide the password in a URL-like string, even one that does not parse."""
+    return PASSWORD_IN_URL.sub(r"\1***@", raw)
 
 
 def describe(exc: BaseException, url: URL) -> str:

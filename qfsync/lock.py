@@ -66,8 +66,24 @@ def sync_lock(engine: Engine, scope: str, wait_s: float = 0.0) -> Iterator[bool]
     with engine.connect() as connection:
         # Autocommit: the lock belongs to the session, not to a transaction.
         connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        held = False
         try:
-            yield _wait_for(lambda: _try_server_lock(connection, key), wait_s)
+            held = _wait_for(lambda: _try_server_lock(connection, key), wait_s)
+            yield held
         finally:
-            # Closing the session for good releases its locks, whatever state it is in.
-            connection.invalidate()
+            _release(connection, held)
+
+
+def _release(connection: Connection, held: bool) -> None:
+    """Unlock explicitly, since the server ends a closed session's locks only some time after
+    the client hangs up; then discard the session, which releases them in any case."""
+    try:
+        if held:
+            unlock = (
+                "SELECT pg_advisory_unlock_all()"
+                if connection.dialect.name == "postgresql"
+                else "SELECT RELEASE_ALL_LOCKS()"
+            )
+            connection.execute(text(unlock))
+    finally:
+        connection.invalidate()

@@ -74,16 +74,19 @@ def upsert(connection: Connection, rows: list[dict[str, Any]]) -> None:
     """One INSERT ... ON CONFLICT / ON DUPLICATE KEY statement for the whole batch."""
     dialect = connection.dialect.name
     if dialect in ("mysql", "mariadb"):
-        on_key = mysql.insert(finetuning_jobs).values(rows)
+        on_key = mysql.insert(finetuning_jobs)
         new_values = {column: on_key.inserted[column] for column in UPSERT_COLUMNS}
-        connection.execute(on_key.on_duplicate_key_update(new_values))
+        connection.execute(on_key.on_duplicate_key_update(new_values), rows)
         return
-    on_conflict = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(
-        finetuning_jobs
-    ).values(rows)
+    on_conflict = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(finetuning_jobs)
     excluded = {column: on_conflict.excluded[column] for column in UPSERT_COLUMNS}
+    # RETURNING makes SQLAlchemy render the batch as one multi-row VALUES statement
+    # ("insertmanyvalues"); without it the driver would execute the statement once per row.
     connection.execute(
-        on_conflict.on_conflict_do_update(index_elements=[finetuning_jobs.c.job_id], set_=excluded)
+        on_conflict.on_conflict_do_update(
+            index_elements=[finetuning_jobs.c.job_id], set_=excluded
+        ).returning(finetuning_jobs.c.job_id),
+        rows,
     )
 
 
@@ -192,22 +195,21 @@ def write_versions(
             )
     if opened:
         connection.execute(
-            insert(finetuning_job_versions).values(
-                [
-                    {
-                        "job_id": job.job_id,
-                        "version": version,
-                        "valid_from": now,
-                        "valid_to": None,
-                        "name": job.name,
-                        "description": job.description,
-                        "model": job.model,
-                        "train_mode": job.train_mode,
-                        "run_id": run_id,
-                    }
-                    for job, version in opened
-                ]
-            )
+            insert(finetuning_job_versions),
+            [
+                {
+                    "job_id": job.job_id,
+                    "version": version,
+                    "valid_from": now,
+                    "valid_to": None,
+                    "name": job.name,
+                    "description": job.description,
+                    "model": job.model,
+                    "train_mode": job.train_mode,
+                    "run_id": run_id,
+                }
+                for job, version in opened
+            ],
         )
 
 

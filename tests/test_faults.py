@@ -1,0 +1,298 @@
+"""Faults and bad input: retries, resume, signals, SIGKILL, the lock, clear errors, no secrets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select, text, update
+
+from qfsync import db
+from qfsync.cli import main
+from qfsync.client import RetryPolicy
+from qfsync.errors import RetriesExhausted, SyncLocked
+from qfsync.fake_api import DEMO_ACCESS_KEY, Faults
+from qfsync.lock import sync_lock
+from qfsync.runs import start
+from qfsync.schema import finetuning_jobs, sync_runs
+from qfsync.store import Scope
+
+JOBS = 2537
+NO_RETRY = RetryPolicy(max_attempts=2, base_delay_s=0.001, max_delay_s=0.001)
+WRONG_SECRET = "wrong-secret-7f3a9c"  # a value to search every output and table for
+
+
+def job_ids(engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.scalars(select(finetuning_jobs.c.job_id)))
+
+
+def runs_of(engine) -> list[dict]:
+    with engine.connect() as connection:
+        rows = connection.execute(select(sync_runs).order_by(sync_runs.c.id)).mappings()
+        return [dict(row) for row in rows]
+
+
+def assert_exact(engine, api) -> None:
+    ids = job_ids(engine)
+    assert len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(item["jobId"] for item in api.job_list())
+    with engine.connect() as connection:
+        listed = connection.scalar(
+            select(func.count()).where(finetuning_jobs.c.deleted_at.is_(None))
+        )
+    assert listed == len(api.job_list())
+
+
+def test_mixed_faults_end_with_exact_data(engine, fake_api, run_sync):
+    """15% 500s, 10% 429 with Retry-After, 5% dropped connections and 3% malformed JSON: the sync
+    still succeeds with exactly the API's jobs."""
+    faults = Faults(
+        error_rate=0.15, throttle_rate=0.10, retry_after_s=0, drop_rate=0.05, malformed_rate=0.03
+    )
+    api = fake_api(JOBS, faults=faults)
+    result = run_sync(
+        engine, api, retry=RetryPolicy(max_attempts=12, base_delay_s=0.001, max_delay_s=0.01)
+    )
+    assert result.status == "succeeded" and result.jobs_inserted == JOBS
+    assert result.requests > 26  # the faults really happened
+    assert_exact(engine, api)
+
+
+def test_persistent_failure_then_resume_at_the_next_page(engine, fake_api, database_url, api_env):
+    """Persistent failure after page 7: exit 1, the run `failed` with the reason, pages 1-7
+    stored; once the fault clears, the next sync resumes at page 8 and ends exact."""
+    api = fake_api(JOBS, faults=Faults(fail_after_pages=7))
+    api_env(api)
+    runner = CliRunner()
+    args = ["sync", "--database-url", database_url, "--max-attempts", "2", "--json"]
+    failed = runner.invoke(main, args)
+    assert failed.exit_code == 1
+    assert "InternalError" in failed.stderr and "Traceback" not in failed.output
+    assert len(job_ids(engine)) == 700
+    [run] = runs_of(engine)
+    assert run["status"] == "failed" and "InternalError" in run["error"]
+    assert run["pages"] == 7 and run["next_marker"] == api.job_list()[700]["jobId"]
+
+    api.faults = Faults()
+    api.reset_counters()
+    resumed = runner.invoke(main, args)
+    assert resumed.exit_code == 0, resumed.output
+    result = json.loads(resumed.stdout)
+    assert result["resumed_from"] == run["id"] and "resuming" in resumed.stderr
+    assert api.request_count == 19 and api.bodies[0]["marker"] == run["next_marker"]
+    assert (result["pages"], result["jobs_inserted"], result["jobs_deleted"]) == (19, 1837, 0)
+    assert_exact(engine, api)
+
+
+def test_rejected_resume_marker_walks_from_the_start(engine, fake_api, run_sync):
+    """If the job behind the saved marker was deleted, the API rejects it: the sync says so and
+    walks from the start, ending exact (the deleted job is marked deleted)."""
+    api = fake_api(500, faults=Faults(fail_after_pages=2))
+    with pytest.raises(RetriesExhausted):
+        run_sync(engine, api, retry=NO_RETRY)
+    marker = runs_of(engine)[0]["next_marker"]
+    api.delete([marker])
+    api.faults = Faults()
+    result = run_sync(engine, api)
+    assert any("rejected the saved marker" in note for note in result.notes)
+    assert result.resumed_from is None and result.pages == 5 and result.jobs_deleted == 0
+    assert_exact(engine, api)
+
+
+def test_restart_ignores_the_failed_run(engine, fake_api, run_sync):
+    """`--restart` walks from the first page even after a failed run."""
+    api = fake_api(500, faults=Faults(fail_after_pages=2))
+    with pytest.raises(RetriesExhausted):
+        run_sync(engine, api, retry=NO_RETRY)
+    api.faults = Faults()
+    api.reset_counters()
+    result = run_sync(engine, api, restart=True)
+    assert result.resumed_from is None and "marker" not in api.bodies[0]
+    assert result.pages == 5
+
+
+def test_failed_walk_deletes_nothing(engine, fake_api, run_sync):
+    """A walk that did not finish never marks a job deleted."""
+    api = fake_api(500)
+    run_sync(engine, api)
+    api.delete([item["jobId"] for item in api.job_list()[:50]])
+    api.faults = Faults(fail_after_pages=3)
+    with pytest.raises(RetriesExhausted):
+        run_sync(engine, api, retry=NO_RETRY)
+    with engine.connect() as connection:
+        deleted = connection.scalar(
+            select(func.count()).where(finetuning_jobs.c.deleted_at.is_not(None))
+        )
+    assert deleted == 0
+
+
+def subprocess_env(api, database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QIANFAN_", "QFSYNC_"))}
+    env.update(
+        QIANFAN_CONSOLE_API_BASE_URL=api.url,
+        QIANFAN_ACCESS_KEY=DEMO_ACCESS_KEY,
+        QIANFAN_SECRET_KEY="qfsync-demo-sk",
+        QFSYNC_DATABASE_URL=database_url,
+        **extra,
+    )
+    return env
+
+
+def start_sync(api, database_url: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "qfsync", "sync", *args],
+        env=subprocess_env(api, database_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_pages(engine, pages: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        with engine.connect() as connection:
+            done = connection.scalar(select(func.max(sync_runs.c.pages)))
+        if done and done >= pages:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the sync did not reach {pages} pages")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume(engine, database_url, fake_api):
+    """A sync killed with SIGKILL leaves a `running` row; the next sync marks it failed as
+    abandoned, resumes from its last page, and ends with exact data and no duplicates."""
+    api = fake_api(JOBS, faults=Faults(latency_s=0.03))
+    process = start_sync(api, database_url)
+    wait_for_pages(engine, 5, process)
+    process.kill()
+    process.communicate()
+    [dead] = runs_of(engine)
+    assert dead["status"] == "running" and dead["pages"] >= 5
+    api.faults = Faults()
+    rerun = start_sync(api, database_url, "--json")
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    assert f"run {dead['id']} was abandoned" in err
+    assert json.loads(out)["resumed_from"] == dead["id"]
+    first, second = runs_of(engine)
+    assert first["status"] == "failed" and "abandoned" in first["error"]
+    assert second["status"] == "succeeded"
+    assert_exact(engine, api)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_cleanly_between_pages(engine, database_url, fake_api, signum, code):
+    """SIGTERM or SIGINT: the page in flight is committed whole, the run is marked failed with
+    'interrupted', and the exit code is 143 or 130."""
+    api = fake_api(JOBS, faults=Faults(latency_s=0.03))
+    process = start_sync(api, database_url)
+    wait_for_pages(engine, 3, process)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code
+    assert f"interrupted by {signal.Signals(signum).name}" in err and "Traceback" not in err
+    [run] = runs_of(engine)
+    assert run["status"] == "failed" and run["error"] == f"interrupted by {signum.name}"
+    assert len(job_ids(engine)) == run["jobs_seen"] == run["pages"] * 100
+
+
+@pytest.mark.slow
+def test_two_syncs_at_once(engine, database_url, fake_api):
+    """Two syncs started together: one runs, the other exits 3 naming the running one; the
+    data is exact with no duplicate rows."""
+    api = fake_api(JOBS, faults=Faults(latency_s=0.01))
+    both = [start_sync(api, database_url) for _ in range(2)]
+    outcomes = sorted((p.wait(timeout=120), p.communicate()[1]) for p in both)
+    (ok, _), (locked, message) = outcomes
+    assert (ok, locked) == (0, 3), outcomes
+    assert "another sync is running (run " in message or "is starting" in message
+    assert [run["status"] for run in runs_of(engine)] == ["succeeded"]
+    assert_exact(engine, api)
+
+
+def test_lock_is_per_scope_and_reports_the_holder(engine, fake_api, run_sync):
+    """While a scope's lock is held, a sync of that scope fails with SyncLocked naming the run
+    that holds it, and `wait_s` gives up after waiting; another scope is free."""
+    api = fake_api(50)
+    with engine.begin() as connection:
+        start(connection, Scope(), "full", 100, None)
+        connection.execute(update(sync_runs).values(host="elsewhere"))
+    with sync_lock(engine, Scope().key) as held:
+        assert held
+        with pytest.raises(
+            SyncLocked,
+            match=r"another sync is running \(run 1, started .*"
+            r"host elsewhere",
+        ):
+            run_sync(engine, api, wait_s=0.3)
+        assert run_sync(engine, api, train_mode="SFT").status == "succeeded"
+
+
+def test_unreachable_database_is_one_line_without_password(fake_api, api_env):
+    """An unreachable database: exit 1, one line on stderr, the password masked."""
+    api_env(fake_api(10))
+    url = "postgresql://qfsync:hunter2-secret@127.0.0.1:1/nowhere"
+    result = CliRunner().invoke(main, ["sync", "--database-url", url])
+    assert result.exit_code == 1
+    assert len(result.stderr.splitlines()) == 1 and "cannot connect" in result.stderr
+    assert "hunter2-secret" not in result.output and "***" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url", ["not a url", "nosuchdb://x/y", "postgresql://a:b@host:notaport/db"]
+)
+def test_malformed_database_url_is_a_usage_error(url, fake_api, api_env):
+    """A malformed URL or unknown dialect: exit 2, one line, no traceback."""
+    api_env(fake_api(10))
+    result = CliRunner().invoke(main, ["sync", "--database-url", url])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_database_failure_mid_run_keeps_earlier_pages(engine, fake_api, run_sync):
+    """The database failing mid-run fails the run with the reason; committed pages stay."""
+    api = fake_api(1000)
+
+    def break_table(result):
+        if result.pages == 3:
+            with engine.begin() as connection:
+                connection.execute(text("ALTER TABLE finetuning_jobs RENAME TO jobs_aside"))
+
+    with pytest.raises(db.DatabaseError, match="database error"):
+        run_sync(engine, api, progress=break_table)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE jobs_aside RENAME TO finetuning_jobs"))
+    assert len(job_ids(engine)) == 300
+    [run] = runs_of(engine)
+    assert run["status"] == "failed" and run["pages"] == 3 and "database error" in run["error"]
+
+
+def test_secrets_appear_nowhere(engine, database_url, fake_api, api_env, caplog):
+    """A wrong secret key fails with the hint to check the keys, and the secret appears in no
+    output, log line, --json output or table."""
+    api = fake_api(50)
+    api_env(api)
+    os.environ["QIANFAN_SECRET_KEY"] = WRONG_SECRET  # api_env's monkeypatch restores it
+    runner = CliRunner()
+    outputs = []
+    for extra in ([], ["--json"]):
+        result = runner.invoke(main, ["--verbose", "sync", "--database-url", database_url, *extra])
+        assert result.exit_code == 1
+        assert "SignatureDoesNotMatch" in result.stderr and "QIANFAN_SECRET_KEY" in result.stderr
+        outputs += [result.stdout, result.stderr]
+    outputs.append(runner.invoke(main, ["runs", "--database-url", database_url, "--json"]).stdout)
+    outputs.append(caplog.text)
+    with engine.connect() as connection:
+        for table in ("sync_runs", "finetuning_jobs", "finetuning_job_versions"):
+            outputs.append(repr(connection.execute(text(f"SELECT * FROM {table}")).all()))
+    assert all(run["status"] == "failed" for run in runs_of(engine))
+    assert not [text_ for text_ in outputs if WRONG_SECRET in text_]
