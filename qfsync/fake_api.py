@@ -61,7 +61,10 @@ class Faults:
     drop_rate: float = 0.0
     malformed_rate: float = 0.0
     busy_rate: float = 0.0
+    # Counted from when these faults were installed on the FakeApi (or from reset_counters()),
+    # so installing them midway through a walk fails the walk that many pages later.
     fail_after_pages: int | None = None
+    # nextMarker names the last job of the page, so consecutive pages share one job.
     boundary_overlap: bool = False
 
     def __post_init__(self) -> None:
@@ -70,8 +73,9 @@ class Faults:
                 raise ValueError(f"{field.name} must be between 0 and 1")
 
 
-# The outcome of the per-request fault draw, in the order the brief fixes: drop, throttle,
-# error, busy, malformed. A single draw partitioned by the rates keeps each fraction exact.
+# The outcome of the per-request fault draw, in a fixed order: drop, throttle, error, busy,
+# malformed. One draw partitioned by the rates keeps each fraction exact and the sequence
+# reproducible; rates that sum past 1 starve the later kinds.
 _DROP, _THROTTLE, _ERROR, _BUSY, _MALFORMED = "drop", "throttle", "error", "busy", "malformed"
 _RATE_OF = {
     _DROP: "drop_rate",
@@ -522,28 +526,35 @@ class _Server(ThreadingHTTPServer):
         self.api = api
         self.stopping = threading.Event()
         self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
+        self._connections_changed = threading.Condition()
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
+        with self._connections_changed:
             self._connections.add(request)
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
         super().shutdown_request(request)
+        with self._connections_changed:
+            self._connections.discard(request)
+            self._connections_changed.notify_all()
 
-    def close_connections(self) -> None:
-        """Hang up on kept-alive clients, so their handler threads end and stop() can join them."""
-        with self._connections_lock:
+    def close_connections(self, timeout_s: float = 5.0) -> None:
+        """Hang up on every client and wait for the handlers to finish.
+
+        Handler threads are daemons, which server_close() does not join; without this, a client's
+        kept-alive connection would go on being served after stop().
+        """
+        with self._connections_changed:
             connections = list(self._connections)
         for connection in connections:
             try:
                 connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already closed by its handler
+        with self._connections_changed:
+            self._connections_changed.wait_for(lambda: not self._connections, timeout_s)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client (or stop()) hanging up mid-answer is routine; anything else is a bug to show.
