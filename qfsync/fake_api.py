@@ -48,6 +48,9 @@ TRAIN_MODES = ("SFT", "PostPretrain", "DPO", "KTO")
 TRAIN_MODE_WEIGHTS = (70, 12, 10, 8)
 
 Job = dict[str, str]
+# ascending: oldest first, pageReverse gives newest first (as documented); descending: the other
+# way round; ignores-reverse: always oldest first.
+ORDERS = ("ascending", "descending", "ignores-reverse")
 
 
 @dataclass
@@ -302,8 +305,11 @@ class FakeApi:
         host: str = "127.0.0.1",
         port: int = 0,
         check_auth: bool = True,
+        order: str = "ascending",
     ):
-        self.host, self.port, self.check_auth = host, port, check_auth
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}")
+        self.host, self.port, self.check_auth, self.order = host, port, check_auth, order
         self._seed = seed
         # One lock guards the job list, the view cache, the counters and the fault RNG; every
         # critical section is short except building a view, which happens once per mutation.
@@ -421,7 +427,8 @@ class FakeApi:
                         if (train_mode is None or job["trainMode"] == train_mode)
                         and (model is None or job["model"] == model)
                     ]
-                    if reverse:
+                    # ORDERS other than the documented one test the incremental sync's order check.
+                    if self.order != "ignores-reverse" and reverse != (self.order == "descending"):
                         jobs.reverse()
                     view = _View(jobs, {job["jobId"]: i for i, job in enumerate(jobs)})
                     if len(self._views) >= 64:  # clients probing random filters must not hoard

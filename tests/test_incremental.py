@@ -1,0 +1,69 @@
+"""Incremental sync: newest first, stops at the first page with nothing new, never deletes."""
+
+from sqlalchemy import func, select
+
+from qfsync.schema import finetuning_jobs, sync_runs
+
+
+def count_listed(engine) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(select(func.count()).where(finetuning_jobs.c.deleted_at.is_(None)))
+
+
+def test_new_jobs_cost_two_requests(engine, fake_api, run_sync):
+    """With every job stored and 50 new ones, an incremental sync makes 2 requests, inserts
+    exactly the new jobs, and records its mode."""
+    api = fake_api(3000)
+    run_sync(engine, api)
+    new = {job["jobId"] for job in api.add(50)}
+    api.reset_counters()
+    result = run_sync(engine, api, incremental=True)
+    assert api.request_count == result.requests == 2
+    assert all(body["pageReverse"] is True for body in api.bodies)
+    assert (result.mode, result.jobs_inserted, result.jobs_deleted) == ("incremental", 50, 0)
+    with engine.connect() as connection:
+        stored = set(connection.scalars(select(finetuning_jobs.c.job_id)))
+        run = connection.execute(select(sync_runs).where(sync_runs.c.id == result.run_id)).one()
+    assert new <= stored and len(stored) == 3050
+    assert (run.mode, run.status) == ("incremental", "succeeded")
+
+
+def test_nothing_new_costs_one_request(engine, fake_api, run_sync):
+    """When the newest page is all known and unchanged, the sync stops after it."""
+    api = fake_api(1000)
+    run_sync(engine, api)
+    api.reset_counters()
+    result = run_sync(engine, api, incremental=True)
+    assert api.request_count == 1 and result.jobs_inserted == 0
+
+
+def test_never_deletes(engine, fake_api, run_sync):
+    """Jobs gone from the API stay listed after an incremental sync; a full one marks them."""
+    api = fake_api(500)
+    run_sync(engine, api)
+    api.delete([job["jobId"] for job in api.job_list()[:5]])
+    api.add(3)
+    assert run_sync(engine, api, incremental=True).jobs_deleted == 0
+    assert count_listed(engine) == 503
+    assert run_sync(engine, api).jobs_deleted == 5
+    assert count_listed(engine) == 498
+
+
+def test_uses_the_default_order_when_it_is_newest_first(engine, fake_api, run_sync):
+    """An API that lists newest first without pageReverse is walked without it."""
+    api = fake_api(1000, order="descending")
+    run_sync(engine, api)
+    api.add(10)
+    api.reset_counters()
+    result = run_sync(engine, api, incremental=True)
+    assert result.jobs_inserted == 10 and result.mode == "incremental"
+    assert api.bodies[-1]["pageReverse"] is False and api.request_count == 3
+
+
+def test_falls_back_to_a_full_walk_when_not_newest_first(engine, fake_api, run_sync):
+    """If neither order is newest first, the sync says so and walks everything, exactly."""
+    api = fake_api(1000, order="ignores-reverse")
+    result = run_sync(engine, api, incremental=True)
+    assert any("falling back to a full walk" in note for note in result.notes)
+    assert result.mode == "full" and result.jobs_inserted == 1000
+    assert count_listed(engine) == 1000
