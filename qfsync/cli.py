@@ -489,13 +489,10 @@ def report_command(database_url: str, output_format: str, max_age: str | None) -
         allowed = None if max_age is None else report.parse_duration(max_age)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--max-age'") from None
-    engine = db.connect(database_url)
-    try:
-        db.ensure_schema(engine, migrate=False)
-        with engine.connect() as connection:
-            state = report.collect(connection)
-    finally:
-        engine.dispose()
+    engine = open_db(database_url)
+    db.ensure_schema(engine, migrate=False)
+    with engine.connect() as connection:
+        state = report.collect(connection)
     if output_format == "json":
         click.echo(dumps(state))
     elif output_format == "csv":

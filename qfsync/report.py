@@ -1,8 +1,8 @@
 """What the data says: job totals, jobs by model and month, and whether the sync is healthy.
 
-`collect` reads one consistent picture from the tables and the reporting views into a plain
-dict; `sections` and `to_csv` lay that dict out for people and spreadsheets; `check_fresh` turns
-an old last success into `StaleData`. The CLI prints and exits; nothing here knows about click.
+`collect` reads the tables and the reporting views (migration 0002) into a plain dict;
+`sections` and `to_csv` lay that dict out for people and spreadsheets; `check_fresh` turns an
+old last success into `StaleData`. The CLI prints and exits; nothing here knows about click.
 """
 
 import csv
@@ -116,8 +116,8 @@ def check_fresh(report: dict[str, Any], max_age: timedelta) -> None:
     if age > max_age.total_seconds():
         raise StaleData(
             f"the last successful sync (run {sync['last_success_run_id']}) finished "
-            f"{format_age(age)} ago, more than the allowed {allowed}; "
-            f"{sync['failures_since_success']} failed runs since"
+            f"{format_age(age)} ago, more than the allowed {allowed} "
+            f"(failed runs since: {sync['failures_since_success']})"
         )
 
 
@@ -138,7 +138,7 @@ def sections(report: dict[str, Any]) -> list[tuple[str, tuple[str, ...], list[di
         ),
         ("Jobs created per month (UTC)", ("month", "created", "listed"), report["by_month"]),
         (
-            "Sync health",
+            "Sync health (times in UTC)",
             ("field", "value"),
             [{"field": key, "value": value} for key, value in health.items()],
         ),

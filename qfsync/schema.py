@@ -172,7 +172,7 @@ finetuning_jobs = Table(
         "last_run_id",
         Integer,
         nullable=False,
-        comment="The sync_runs.id that last inserted, changed or saw the job.",
+        comment="The sync_runs.id that last inserted, changed, saw or deleted the job.",
     ),
     Index(None, "model", "train_mode"),
     Index(None, "created_at"),

@@ -131,7 +131,7 @@ def upgrade() -> None:
             "last_run_id",
             sa.Integer(),
             nullable=False,
-            comment="The sync_runs.id that last inserted, changed or saw the job.",
+            comment="The sync_runs.id that last inserted, changed, saw or deleted the job.",
         ),
         sa.PrimaryKeyConstraint("job_id", name=op.f("pk_finetuning_jobs")),
         comment="Every fine-tuning job qfsync has seen, one row per job, current state.",
