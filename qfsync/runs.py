@@ -2,7 +2,7 @@
 
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -155,7 +155,3 @@ def get(connection: Connection, run_id: int) -> dict[str, Any]:
 def history(connection: Connection, limit: int) -> list[dict[str, Any]]:
     rows = connection.execute(select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit))
     return [dict(row._mapping) for row in rows]
-
-
-def asdict_counts(counts: Counts) -> dict[str, int]:
-    return asdict(counts)

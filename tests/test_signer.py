@@ -54,8 +54,9 @@ OPTIONAL_HEADERS = ("content-type", "content-md5", "content-length", "user-agent
 NAME_CASINGS = st.sampled_from([str.lower, str.upper, str.title])
 
 
-def sdk_authorization(access_key, secret_key, method, path, query, headers, epoch, expiration,
-                      signed_headers):
+def sdk_authorization(
+    access_key, secret_key, method, path, query, headers, epoch, expiration, signed_headers
+):
     """The SDK's Authorization value for the same request, called the way its own clients call it.
 
     It takes bytes for the method and header names, lower-case signed header names in the order
@@ -115,19 +116,39 @@ def test_signing_key_matches_spec_vector():
 @pytest.mark.parametrize(("signed_headers", "signature"), SPEC_VECTORS)
 def test_authorization_matches_spec_vectors(signed_headers, signature):
     """The spec's request signs to the spec's Authorization value for each signed-header set."""
-    assert signer.authorization(
-        SPEC_AK, SPEC_SK, "POST", "/v2/finetuning", SPEC_QUERY, SPEC_HEADERS, SPEC_TIMESTAMP,
-        expiration_s=SPEC_EXPIRATION, signed_headers=signed_headers,
-    ) == f"{SPEC_PREFIX}/{';'.join(signed_headers)}/{signature}"
+    assert (
+        signer.authorization(
+            SPEC_AK,
+            SPEC_SK,
+            "POST",
+            "/v2/finetuning",
+            SPEC_QUERY,
+            SPEC_HEADERS,
+            SPEC_TIMESTAMP,
+            expiration_s=SPEC_EXPIRATION,
+            signed_headers=signed_headers,
+        )
+        == f"{SPEC_PREFIX}/{';'.join(signed_headers)}/{signature}"
+    )
 
 
 @pytest.mark.parametrize(("signed_headers", "signature"), SPEC_VECTORS)
 def test_sdk_oracle_reproduces_spec_vectors(signed_headers, signature):
     """The SDK, called as these tests call it, gives the spec's values, so it is a fair oracle."""
-    assert sdk_authorization(
-        SPEC_AK, SPEC_SK, "POST", "/v2/finetuning", SPEC_QUERY, SPEC_HEADERS, SPEC_EPOCH,
-        SPEC_EXPIRATION, signed_headers,
-    ) == f"{SPEC_PREFIX}/{';'.join(signed_headers)}/{signature}"
+    assert (
+        sdk_authorization(
+            SPEC_AK,
+            SPEC_SK,
+            "POST",
+            "/v2/finetuning",
+            SPEC_QUERY,
+            SPEC_HEADERS,
+            SPEC_EPOCH,
+            SPEC_EXPIRATION,
+            signed_headers,
+        )
+        == f"{SPEC_PREFIX}/{';'.join(signed_headers)}/{signature}"
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -141,9 +162,10 @@ def test_authorization_agrees_with_sdk(call):
 @given(TEXT, st.booleans())
 def test_uri_encode_agrees_with_sdk(value, keep_slash):
     """uri_encode matches the SDK's normalize_string, with and without slashes kept."""
-    assert signer.uri_encode(value, keep_slash) == bce_utils.normalize_string(
-        value, not keep_slash
-    ).decode()
+    assert (
+        signer.uri_encode(value, keep_slash)
+        == bce_utils.normalize_string(value, not keep_slash).decode()
+    )
 
 
 @pytest.mark.parametrize("value", ["\xa0qianfan.baidubce.com", "qianfan.baidubce.com\x1f"])
@@ -151,11 +173,25 @@ def test_header_trim_matches_sdk_on_unicode_whitespace(value):
     """Only ASCII white space is trimmed from header values, as the SDK trims bytes."""
     headers = {"host": value, "x-bce-date": SPEC_TIMESTAMP}
     assert signer.authorization(
-        SPEC_AK, SPEC_SK, "POST", "/v2/finetuning", SPEC_QUERY, headers, SPEC_TIMESTAMP,
-        expiration_s=SPEC_EXPIRATION, signed_headers=ALWAYS_SIGNED,
+        SPEC_AK,
+        SPEC_SK,
+        "POST",
+        "/v2/finetuning",
+        SPEC_QUERY,
+        headers,
+        SPEC_TIMESTAMP,
+        expiration_s=SPEC_EXPIRATION,
+        signed_headers=ALWAYS_SIGNED,
     ) == sdk_authorization(
-        SPEC_AK, SPEC_SK, "POST", "/v2/finetuning", SPEC_QUERY, headers, SPEC_EPOCH,
-        SPEC_EXPIRATION, ALWAYS_SIGNED,
+        SPEC_AK,
+        SPEC_SK,
+        "POST",
+        "/v2/finetuning",
+        SPEC_QUERY,
+        headers,
+        SPEC_EPOCH,
+        SPEC_EXPIRATION,
+        ALWAYS_SIGNED,
     )
 
 
