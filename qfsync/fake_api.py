@@ -306,10 +306,13 @@ class FakeApi:
         port: int = 0,
         check_auth: bool = True,
         order: str = "ascending",
+        clock_offset_s: float = 0.0,
     ):
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}")
         self.host, self.port, self.check_auth, self.order = host, port, check_auth, order
+        # The server's clock minus the client's: a large one makes every request RequestExpired.
+        self.clock_offset_s = clock_offset_s
         self._seed = seed
         # One lock guards the job list, the view cache, the counters and the fault RNG; every
         # critical section is short except building a view, which happens once per mutation.
@@ -638,7 +641,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Reject(405, "MethodNotAllowed", f"{ROUTE} accepts POST only.", {"Allow": "POST"})
         query = dict(parse_qsl(url.query, keep_blank_values=True))
         if api.check_auth:
-            _check_authorization(self.command, path, query, self.headers, time.time())
+            _check_authorization(
+                self.command, path, query, self.headers, time.time() + api.clock_offset_s
+            )
         if query.get("Action") != ACTION:
             raise _invalid_argument(f"Action must be {ACTION}, not {query.get('Action')!r:.60}")
         result = api._describe(raw_body, faults.boundary_overlap)

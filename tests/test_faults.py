@@ -15,7 +15,7 @@ from qfsync import db
 from qfsync.cli import main
 from qfsync.client import RetryPolicy
 from qfsync.errors import RetriesExhausted, SyncLocked
-from qfsync.fake_api import DEMO_ACCESS_KEY, Faults
+from qfsync.fake_api import DEMO_ACCESS_KEY, DENIED_ACCESS_KEY, Faults
 from qfsync.lock import sync_lock
 from qfsync.runs import start
 from qfsync.schema import finetuning_jobs, sync_runs
@@ -296,3 +296,53 @@ def test_secrets_appear_nowhere(engine, database_url, fake_api, api_env, caplog)
             outputs.append(repr(connection.execute(text(f"SELECT * FROM {table}")).all()))
     assert all(run["status"] == "failed" for run in runs_of(engine))
     assert not [text_ for text_ in outputs if WRONG_SECRET in text_]
+
+
+@pytest.mark.parametrize(
+    ("fake_options", "expected"),
+    [
+        (
+            {"faults": Faults(malformed_rate=1.0)},
+            "malformed response: the body is not JSON; got: {",
+        ),
+        ({"clock_offset_s": 3600}, "RequestExpired"),
+        ({"faults": Faults(throttle_rate=1.0, retry_after_s=0)}, "HTTP 429"),
+        ({"faults": Faults(error_rate=1.0)}, "HTTP 500 InternalError"),
+    ],
+)
+def test_api_failures_are_one_clear_line(
+    engine, database_url, fake_api, api_env, fake_options, expected
+):
+    """Malformed responses, a skewed clock, throttling and server errors that outlast the retry
+    budget each end the sync with exit 1 and one line on stderr that says what happened (with
+    an excerpt, or the clock hint), and leave the run `failed` with the same reason."""
+    api_env(fake_api(50, **fake_options))
+    args = ["sync", "--database-url", database_url, "--max-attempts", "2"]
+    result = CliRunner().invoke(main, [*args, "--max-retry-wait", "1"])
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert expected in line and "Traceback" not in result.output
+    if "RequestExpired" in expected:
+        assert "clock" in line
+    [run] = runs_of(engine)
+    assert run["status"] == "failed" and expected in run["error"]
+
+
+def test_access_denied_names_the_policies(engine, database_url, fake_api, api_env, monkeypatch):
+    """A key without permission: exit 1 and one line naming the policies that grant the action."""
+    api_env(fake_api(10))
+    monkeypatch.setenv("QIANFAN_ACCESS_KEY", DENIED_ACCESS_KEY)
+    result = CliRunner().invoke(main, ["sync", "--database-url", database_url])
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert "AccessDenied" in line and "QianfanReadAccessPolicy" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--page-size", "0"], ["--page-size", "101"], ["--wait", "-1"], ["--max-attempts", "x"]],
+)
+def test_bad_option_values_are_usage_errors(database_url, args):
+    """A wrong option value exits 2 before anything runs."""
+    result = CliRunner().invoke(main, ["sync", "--database-url", database_url, *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output
