@@ -87,18 +87,27 @@ def parse_job(item: Any, position: int) -> Job:
                 f"{where}.{field} of job {job_id} is not a string", excerpt(repr(item[field]))
             )
     # The doc says createTime; the official SDK's own test server sends createDate.
-    created = item.get("createTime", item.get("createDate"))
+    time_field = "createTime" if "createTime" in item else "createDate"
+    created = item.get(time_field)
     created_at = None
     if created is not None:
         try:
             created_at = parse_time(created) if isinstance(created, str) else None
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: out of range once moved to UTC
             pass
         if created_at is None:
             raise MalformedResponse(
-                f"{where}.createTime of job {job_id} is not an ISO 8601 time",
+                f"{where}.{time_field} of job {job_id} is not an ISO 8601 time",
                 excerpt(repr(created)),
             )
+    try:
+        digest = content_hash(item)
+    except UnicodeEncodeError:
+        # json.loads makes a lone surrogate of a "\udXXX" escape; no UTF-8 output or database
+        # can hold one, so it is refused here rather than failing a write later.
+        raise MalformedResponse(
+            f"{where} holds a lone surrogate (not valid Unicode)", excerpt(json.dumps(item))
+        ) from None
     return Job(
         job_id=job_id,
         name=item.get("name"),
@@ -107,7 +116,7 @@ def parse_job(item: Any, position: int) -> Job:
         train_mode=item.get("trainMode"),
         created_at=created_at,
         raw=item,
-        content_hash=content_hash(item),
+        content_hash=digest,
     )
 
 

@@ -309,6 +309,10 @@ class Sync:
 
         for page in stream:
             self._write(result, page, result.run_id, finish if page.is_last else None)
+            if page.is_last:
+                return
+        # The prefetch stops early only when asked to; never report such a walk as finished.
+        raise self.stop.reason or QfsyncError("the walk stopped before its last page")
 
     def _incremental(self, result: SyncResult, started_at: datetime) -> None:
         """Newest first until a page holds nothing new or changed; never deletes."""

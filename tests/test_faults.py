@@ -169,7 +169,7 @@ def wait_for_pages(engine, pages: int, process: subprocess.Popen, timeout: float
 def test_sigkill_mid_run_then_resume(engine, database_url, fake_api):
     """A sync killed with SIGKILL leaves a `running` row; the next sync marks it failed as
     abandoned, resumes from its last page, and ends with exact data and no duplicates."""
-    api = fake_api(JOBS, faults=Faults(latency_s=0.03))
+    api = fake_api(JOBS, faults=Faults(latency_s=0.1))
     process = start_sync(api, database_url)
     wait_for_pages(engine, 5, process)
     process.kill()
@@ -193,7 +193,7 @@ def test_sigkill_mid_run_then_resume(engine, database_url, fake_api):
 def test_signal_stops_cleanly_between_pages(engine, database_url, fake_api, signum, code):
     """SIGTERM or SIGINT: the page in flight is committed whole, the run is marked failed with
     'interrupted', and the exit code is 143 or 130."""
-    api = fake_api(JOBS, faults=Faults(latency_s=0.03))
+    api = fake_api(JOBS, faults=Faults(latency_s=0.1))
     process = start_sync(api, database_url)
     wait_for_pages(engine, 3, process)
     process.send_signal(signum)
