@@ -165,10 +165,17 @@ class Sync:
         self._notify(message)
 
     def run(self) -> SyncResult:
-        with sync_lock(self.engine, self.scope.key, self.wait_s) as held:
-            if not held:
-                raise SyncLocked(self._locked_message())
-            return self._run_locked()
+        try:
+            with sync_lock(self.engine, self.scope.key, self.wait_s) as held:
+                if not held:
+                    raise SyncLocked(self._locked_message())
+                return self._run_locked()
+        except SQLAlchemyError as exc:  # before the run row exists, or while marking it failed
+            raise self._database_error(exc) from None
+
+    def _database_error(self, exc: SQLAlchemyError) -> DatabaseError:
+        url = self.engine.url
+        return DatabaseError(f"database error on {mask(url)}: {describe(exc, url)}")
 
     def _locked_message(self) -> str:
         with self.engine.connect() as connection:
@@ -236,9 +243,7 @@ class Sync:
         if self.stop.reason is not None:
             return self.stop.reason
         if isinstance(exc, SQLAlchemyError):
-            return DatabaseError(
-                f"database error on {mask(self.engine.url)}: {describe(exc, self.engine.url)}"
-            )
+            return self._database_error(exc)
         if isinstance(exc, QfsyncError | KeyboardInterrupt):
             return exc
         return QfsyncError(f"internal error: {type(exc).__name__}: {exc}")
