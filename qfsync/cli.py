@@ -358,7 +358,7 @@ def db_group() -> None:
 def upgrade(database_url: str) -> None:
     """Bring the database schema to the latest revision."""
     engine = open_db(database_url)
-    click.echo(db.ensure_schema(engine, migrate=True) or f"already at {db.head_revision()}")
+    click.echo(db.ensure_schema(engine, migrate=True) or f"already at {db.SCHEMA_HEAD}")
 
 
 @db_group.command()
@@ -367,7 +367,7 @@ def current(database_url: str) -> None:
     """Print the database's schema revision and the latest one qfsync knows."""
     engine = open_db(database_url)
     revision = db.current_revision(engine)
-    head = db.head_revision()
+    head = db.SCHEMA_HEAD
     state = "up to date" if revision == head else "behind: run `qfsync db upgrade`"
     click.echo(f"{revision or 'empty'} (head {head}, {state})")
 

@@ -154,9 +154,10 @@ class Client:
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"cannot reach {self.base_url}: {type(exc).__name__}") from None
-        text = response.text
+        # Decode once, from bytes: JSON is UTF-8, and requests' .text would guess a charset.
+        raw = response.content
         try:
-            decoded = response.json()
+            decoded = json.loads(raw)
         except ValueError:
             decoded = None
         if response.status_code != 200:
@@ -167,7 +168,7 @@ class Client:
                 or f"HTTP{response.status_code}"
             )
             message = (
-                error.get("message") or response.headers.get("X-Bce-Error-Message") or excerpt(text)
+                error.get("message") or response.headers.get("X-Bce-Error-Message") or excerpt(raw)
             )
             request_id = error.get("requestId") or response.headers.get("X-Bce-Request-Id")
             if response.status_code in RETRY_STATUSES:
@@ -182,8 +183,8 @@ class Client:
                 raise TransientError(f"API error {code}: {message}")
             raise ApiError(str(code), message, str(decoded.get("log_id") or "") or None, 200)
         if decoded is None:
-            raise MalformedResponse("the body is not JSON", excerpt(text))
-        return parse_page(decoded, text)
+            raise MalformedResponse("the body is not JSON", excerpt(raw))
+        return parse_page(decoded, raw)
 
     def fetch_page(self, body: dict[str, Any], stop: threading.Event | None = None) -> Page:
         """One validated page, retried with backoff within the policy's attempts and total wait."""

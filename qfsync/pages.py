@@ -52,9 +52,17 @@ class Page:
         return self.next_marker is None
 
 
-def excerpt(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
+def excerpt(text: str | bytes) -> str:
+    """The start of a response, white space folded, for an error message."""
+    head = text[: EXCERPT_CHARS * 4]
+    if isinstance(head, bytes):
+        head = head.decode("utf-8", "replace")
+    folded = " ".join(head.split())
+    return (
+        folded
+        if len(folded) <= EXCERPT_CHARS and len(head) == len(text)
+        else (folded[:EXCERPT_CHARS] + "…")
+    )
 
 
 def parse_time(value: str) -> datetime:
@@ -120,33 +128,37 @@ def parse_job(item: Any, position: int) -> Job:
     )
 
 
-def parse_page(body: Any, text: str = "") -> Page:
+def parse_page(body: Any, text: str | bytes = b"") -> Page:
     """Validate one decoded response body; `text` is the raw body, for the error excerpt."""
-    shown = excerpt(text) if text else excerpt(repr(body))
+
+    def malformed(problem: str) -> MalformedResponse:
+        # The excerpt is built only on failure: a page's text runs to a hundred kilobytes.
+        return MalformedResponse(problem, excerpt(text) if text else excerpt(repr(body)))
+
     if not isinstance(body, dict):
-        raise MalformedResponse("the body is not a JSON object", shown)
+        raise malformed("the body is not a JSON object")
     result = body.get("result")
     if not isinstance(result, dict):
-        raise MalformedResponse("'result' is missing or not an object", shown)
+        raise malformed("'result' is missing or not an object")
     job_list = result.get("jobList")
     if not isinstance(job_list, list):
-        raise MalformedResponse("'result.jobList' is missing or not a list", shown)
+        raise malformed("'result.jobList' is missing or not a list")
     page_info = result.get("pageInfo")
     if not isinstance(page_info, dict):
-        raise MalformedResponse("'result.pageInfo' is missing or not an object", shown)
+        raise malformed("'result.pageInfo' is missing or not an object")
     truncated = page_info.get("isTruncated")
     if not isinstance(truncated, bool):
-        raise MalformedResponse("'pageInfo.isTruncated' is missing or not a boolean", shown)
+        raise malformed("'pageInfo.isTruncated' is missing or not a boolean")
     next_marker = page_info.get("nextMarker")
     if next_marker is not None and not isinstance(next_marker, str):
-        raise MalformedResponse("'pageInfo.nextMarker' is not a string", shown)
+        raise malformed("'pageInfo.nextMarker' is not a string")
     marker = page_info.get("marker")
     if marker is not None and not isinstance(marker, str):
-        raise MalformedResponse("'pageInfo.marker' is not a string", shown)
+        raise malformed("'pageInfo.marker' is not a string")
     request_id = body.get("requestId")
     jobs = [parse_job(item, i) for i, item in enumerate(job_list)]
     if len({job.job_id for job in jobs}) != len(jobs):
-        raise MalformedResponse("a jobId appears twice in one page", shown)
+        raise malformed("a jobId appears twice in one page")
     return Page(
         jobs=jobs,
         marker=marker or None,

@@ -10,7 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from qfsync import db
 from qfsync.cli import main
@@ -29,6 +29,22 @@ def test_head_matches_metadata(engine):
         assert VIEWS <= set(inspect(connection).get_view_names())
 
 
+def test_schema_head_is_the_newest_migration():
+    """db.SCHEMA_HEAD names the head of migrations/versions, the revision a sync checks for."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(db.alembic_config())
+    assert scripts.get_heads() == [db.SCHEMA_HEAD]
+
+
+def test_unknown_newer_revision_is_refused(engine):
+    """A database migrated by a newer qfsync is refused with one clear error, not downgraded."""
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(db.DatabaseError, match="newer qfsync"):
+        db.ensure_schema(engine, migrate=True)
+
+
 def test_downgrade_to_base_and_back(engine):
     """Every migration can be undone and redone."""
     from alembic import command
@@ -38,7 +54,7 @@ def test_downgrade_to_base_and_back(engine):
     assert db.current_revision(engine) is None
     assert not set(inspect(engine).get_table_names()) - {"alembic_version"}
     command.upgrade(config, "head")
-    assert db.current_revision(engine) == db.head_revision()
+    assert db.current_revision(engine) == db.SCHEMA_HEAD
 
 
 def test_db_commands(database_url):
@@ -49,7 +65,7 @@ def test_db_commands(database_url):
     assert before.stdout.startswith("empty") and "behind" in before.stdout
     upgraded = runner.invoke(main, ["db", "upgrade", "--database-url", database_url])
     assert upgraded.exit_code == 0, upgraded.output
-    assert f"to {db.head_revision()}" in upgraded.stdout
+    assert f"to {db.SCHEMA_HEAD}" in upgraded.stdout
     after = runner.invoke(main, ["db", "current", "--database-url", database_url])
     assert "up to date" in after.stdout
     again = runner.invoke(main, ["db", "upgrade", "--database-url", database_url])
@@ -82,7 +98,7 @@ def test_wheel_carries_migrations(tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert f"to {db.head_revision()}" in result.stdout
+    assert f"to {db.SCHEMA_HEAD}" in result.stdout
     location = subprocess.run(
         [env_dir / "bin" / "python", "-c", "import qfsync.migrations as m; print(m.__file__)"],
         cwd=work,

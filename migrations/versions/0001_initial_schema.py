@@ -135,6 +135,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("job_id", name=op.f("pk_finetuning_jobs")),
         comment="Every fine-tuning job qfsync has seen, one row per job, current state.",
+        postgresql_with={"fillfactor": 70},
         mysql_charset="utf8mb4",
         mysql_collate="utf8mb4_bin",
     )
@@ -143,9 +144,6 @@ def upgrade() -> None:
     )
     op.create_index(
         op.f("ix_finetuning_jobs_deleted_at"), "finetuning_jobs", ["deleted_at"], unique=False
-    )
-    op.create_index(
-        op.f("ix_finetuning_jobs_last_seen_at"), "finetuning_jobs", ["last_seen_at"], unique=False
     )
     op.create_index(
         op.f("ix_finetuning_jobs_model_train_mode"),
