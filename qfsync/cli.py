@@ -105,21 +105,21 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--max-attempts",
             type=click.IntRange(1, 100),
-            default=8,
+            default=RetryPolicy.max_attempts,
             show_default=True,
             help="Attempts per request before a transient failure is final.",
         ),
         click.option(
             "--max-retry-wait",
             type=click.FloatRange(0),
-            default=120.0,
+            default=RetryPolicy.max_wait_s,
             show_default=True,
             help="Seconds of backoff allowed per request, in total.",
         ),
         click.option(
             "--timeout",
             type=click.FloatRange(0.1),
-            default=60.0,
+            default=RetryPolicy.read_timeout_s,
             show_default=True,
             help="Read timeout per request, in seconds.",
         ),
@@ -292,20 +292,7 @@ def sync(
         )
 
 
-RUN_COLUMNS = (
-    "id",
-    "started_at",
-    "status",
-    "mode",
-    "pages",
-    "jobs_seen",
-    "jobs_inserted",
-    "jobs_updated",
-    "jobs_unchanged",
-    "jobs_deleted",
-    "duration_s",
-    "error",
-)
+RUN_COLUMNS = ("id", "started_at", "status", "mode", *runs.COUNTS, "duration_s", "error")
 
 
 def run_row(run: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from .store import Counts, Scope
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 FULL, INCREMENTAL = "full", "incremental"
+COUNTS = ("pages", "jobs_seen", "jobs_inserted", "jobs_updated", "jobs_unchanged", "jobs_deleted")
 ABANDONED = "abandoned: its process ended without finishing the run (the sync lock was free)"
 ERROR_CHARS = 2000
 

@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from itertools import chain
 from typing import Any
@@ -68,21 +68,8 @@ class SyncResult:
         self.jobs_unchanged += counts.unchanged
 
     def to_json(self) -> dict[str, Any]:
-        keys = (
-            "run_id",
-            "status",
-            "mode",
-            "pages",
-            "jobs_seen",
-            "jobs_inserted",
-            "jobs_updated",
-            "jobs_unchanged",
-            "jobs_deleted",
-            "duration_s",
-            "resumed_from",
-            "requests",
-        )
-        return {key: getattr(self, key) for key in keys}
+        """What `qfsync sync --json` prints: every field but the notes, which go to stderr."""
+        return {key: value for key, value in asdict(self).items() if key != "notes"}
 
 
 def newest_first(jobs: list[Job], after: datetime | None = None) -> bool:
