@@ -209,7 +209,6 @@ finetuning_job_versions = Table(
     Column("model", String(128), comment="Base model in this version."),
     Column("train_mode", String(64), comment="Training mode in this version."),
     Column("run_id", Integer, nullable=False, comment="The sync_runs.id that opened the version."),
-    Index(None, "valid_to"),
     Index(None, "valid_from"),
     comment="History: one row per distinct (name, description, model, train_mode) of a job.",
     **MYSQL_TABLE,

@@ -9,7 +9,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    String,
+    and_,
+    any_,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from .pages import Job
@@ -90,6 +102,15 @@ def upsert(connection: Connection, rows: list[dict[str, Any]]) -> None:
     )
 
 
+def among(connection: Connection, column: Column[str], ids: Sequence[str]) -> ColumnElement[bool]:
+    """`column IN ids`. On PostgreSQL as `= ANY(array)`: one parameter instead of one per id
+    keeps the statement short enough for psycopg to cache its parsing, which otherwise costs
+    more than the query itself."""
+    if connection.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(String)))
+    return column.in_(ids)
+
+
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -105,7 +126,7 @@ def write_jobs(connection: Connection, jobs: list[Job], run_id: int, now: dateti
         row.job_id: row
         for row in connection.execute(
             select(jc.job_id, jc.content_hash, jc.deleted_at).where(
-                jc.job_id.in_([j.job_id for j in jobs])
+                among(connection, jc.job_id, [j.job_id for j in jobs])
             )
         )
     }
@@ -145,7 +166,7 @@ def write_jobs(connection: Connection, jobs: list[Job], run_id: int, now: dateti
         # Only the bookkeeping moves: stored fields of an unchanged job are not rewritten.
         connection.execute(
             update(finetuning_jobs)
-            .where(jc.job_id.in_(unchanged))
+            .where(among(connection, jc.job_id, unchanged))
             .values(last_seen_at=now, last_run_id=run_id)
         )
     write_versions(connection, new, changed, run_id, now)
@@ -165,7 +186,7 @@ def write_versions(
             row.job_id: row
             for row in connection.execute(
                 select(vc.job_id, vc.version, *(vc[f] for f in VERSIONED_FIELDS)).where(
-                    vc.job_id.in_(ids), vc.valid_to.is_(None)
+                    among(connection, vc.job_id, ids), vc.valid_to.is_(None)
                 )
             )
         }
@@ -173,7 +194,7 @@ def write_versions(
             job_id: version
             for job_id, version in connection.execute(
                 select(vc.job_id, func.max(vc.version))
-                .where(vc.job_id.in_(ids))
+                .where(among(connection, vc.job_id, ids))
                 .group_by(vc.job_id)
             )
         }
@@ -190,7 +211,7 @@ def write_versions(
         if to_close:
             connection.execute(
                 update(finetuning_job_versions)
-                .where(vc.job_id.in_(to_close), vc.valid_to.is_(None))
+                .where(among(connection, vc.job_id, to_close), vc.valid_to.is_(None))
                 .values(valid_to=now)
             )
     if opened:
@@ -226,12 +247,12 @@ def mark_deleted(
     for ids in chunks(gone):
         connection.execute(
             update(finetuning_jobs)
-            .where(jc.job_id.in_(ids))
+            .where(among(connection, jc.job_id, ids))
             .values(deleted_at=now, last_run_id=run_id)
         )
         connection.execute(
             update(finetuning_job_versions)
-            .where(vc.job_id.in_(ids), vc.valid_to.is_(None))
+            .where(among(connection, vc.job_id, ids), vc.valid_to.is_(None))
             .values(valid_to=now)
         )
     return len(gone)

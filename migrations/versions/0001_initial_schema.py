@@ -70,12 +70,6 @@ def upgrade() -> None:
         ["valid_from"],
         unique=False,
     )
-    op.create_index(
-        op.f("ix_finetuning_job_versions_valid_to"),
-        "finetuning_job_versions",
-        ["valid_to"],
-        unique=False,
-    )
 
     op.create_table(
         "finetuning_jobs",

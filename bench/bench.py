@@ -1,0 +1,586 @@
+"""`make bench`: qfsync against the walk alone (the floor) and a dlt pipeline (the reference).
+
+Every measurement is a fresh process: its wall time, its peak RSS (from `os.wait4`, the rusage of
+exactly that child) and the requests it made (from the fake API's counter, which runs in a
+process of its own, bench/fake_server.py). Prints a table and writes bench/RESULTS.md; the notes
+section at the end of RESULTS.md (after NOTES_MARK) is written by hand and kept across runs.
+"""
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"  # scratch databases and dlt's pipeline state; gitignored
+BIN = Path(sys.executable).parent
+QFSYNC = str(BIN / "qfsync")
+POSTGRES_URL = os.environ.get("QFSYNC_BENCH_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
+NOTES_MARK = "<!-- Everything below this line is written by hand; bench.py keeps it. -->"
+
+# (jobs, latency ms, repetitions). Three runs and the median where the whole matrix allows it;
+# 100k runs once, or `make bench` would not finish in ten minutes on two cores.
+SIZES = [(10_000, 0, 3), (20_000, 20, 3), (100_000, 0, 1)]
+CAP_S = 150  # a measurement still running after this is stopped and reported as "> CAP_S"
+BUDGET_S = 420  # after this many seconds, later repetitions are skipped (the table says so)
+SYNC_SCENARIOS = ("first sync", "re-sync unchanged", "re-sync 1% changed")
+NAN = float("nan")
+DEMO_ENV = {"QIANFAN_ACCESS_KEY": "qfsync-demo-ak", "QIANFAN_SECRET_KEY": "qfsync-demo-sk"}
+# dlt would try to send telemetry; this machine has no network beyond the package index.
+DLT_ENV = {"RUNTIME__DLTHUB_TELEMETRY": "false", "PYTHONWARNINGS": "ignore"}
+
+
+@dataclass
+class Run:
+    wall_s: float
+    cpu_s: float  # user + system time of the process, to tell CPU-bound from waiting
+    rss_mb: float
+    stdout: str
+    timed_out: bool
+
+
+def measure(command: list[str], env: dict[str, str], stdout: Any = None) -> Run:
+    """Run one command in a fresh process; stopped (SIGTERM, then SIGKILL) after CAP_S."""
+    OUT.mkdir(exist_ok=True)
+    with open(OUT / "child.out", "w+") as captured, open(OUT / "child.err", "w") as errors:
+        start = time.perf_counter()
+        child = subprocess.Popen(
+            command, stdout=stdout or captured, stderr=errors, env={**os.environ, **env}
+        )
+        stopped, done = threading.Event(), threading.Event()
+
+        def stop() -> None:
+            stopped.set()
+            child.send_signal(signal.SIGTERM)  # qfsync stops at a page boundary
+            if not done.wait(10):
+                child.kill()
+
+        timer = threading.Timer(CAP_S, stop)
+        timer.start()
+        # wait4 reports the rusage of this child alone (and its own waited-for children), so
+        # its ru_maxrss is this process's peak, unlike RUSAGE_CHILDREN's running maximum.
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - start
+        done.set()
+        timer.cancel()
+        child.returncode = os.waitstatus_to_exitcode(status)
+        captured.seek(0)
+        output = captured.read()
+    if child.returncode != 0 and not stopped.is_set():
+        errors_text = (OUT / "child.err").read_text()[-2000:]
+        raise SystemExit(f"bench: {' '.join(command)} exited {child.returncode}:\n{errors_text}")
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(wall, cpu, usage.ru_maxrss / 1024, output, stopped.is_set())
+
+
+class Fake:
+    """bench/fake_server.py in its own process, asked over stdin."""
+
+    def __init__(self, jobs: int, latency_ms: int):
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "fake_server.py"), str(jobs), str(latency_ms)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        ready = self._read().split()
+        if ready[:1] != ["ready"]:
+            raise SystemExit("bench: the fake API did not start")
+        self.url = ready[1]
+        self.env = {**DEMO_ENV, "QIANFAN_CONSOLE_API_BASE_URL": self.url}
+
+    def _read(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
+
+    def ask(self, command: str) -> str:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def requests(self) -> int:
+        """Requests since the last call."""
+        return int(self.ask("count"))
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(30)
+
+
+class Sqlite:
+    name = "sqlite"
+
+    def create(self, tag: str) -> str:
+        self.drop(tag)
+        return f"sqlite:///{OUT / tag}.db"
+
+    def drop(self, tag: str) -> None:
+        for path in OUT.glob(f"{tag}*.db*"):  # dlt keeps each dataset in a file of its own
+            path.unlink()
+
+    def count(self, url: str, dataset: str | None, table: str, where: str = "") -> int:
+        path = make_url(url).database
+        if dataset:  # dlt's sqlalchemy destination: `<file>__<dataset>.db` beside the main file
+            path = path.removesuffix(".db") + f"__{dataset}.db"
+        with sqlite3.connect(path) as connection:
+            return connection.execute(f"SELECT COUNT(*) FROM {table} {where}").fetchone()[0]
+
+    def version(self) -> str:
+        return f"SQLite {sqlite3.sqlite_version}"
+
+
+class Postgres:
+    """A fresh database per measurement, created and dropped through the `test` database."""
+
+    name = "postgres"
+
+    def __init__(self) -> None:
+        url = make_url(POSTGRES_URL).set(drivername="postgresql+psycopg")
+        self.admin = create_engine(url, isolation_level="AUTOCOMMIT")
+        self.base = url
+        try:
+            self.admin.connect().close()
+        except OperationalError:
+            raise SystemExit(
+                f"bench: cannot reach PostgreSQL at {POSTGRES_URL}; set QFSYNC_BENCH_POSTGRES_URL"
+            ) from None
+
+    def create(self, tag: str) -> str:
+        self.drop(tag)
+        with self.admin.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE qfsync_bench_{tag}"))
+        url = self.base.set(drivername="postgresql", database=f"qfsync_bench_{tag}")
+        return url.render_as_string(hide_password=False)
+
+    def drop(self, tag: str) -> None:
+        with self.admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS qfsync_bench_{tag} WITH (FORCE)"))
+
+    def count(self, url: str, dataset: str | None, table: str, where: str = "") -> int:
+        engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"))
+        with engine.connect() as connection:
+            name = f"{dataset}.{table}" if dataset else table
+            count = connection.scalar(text(f"SELECT COUNT(*) FROM {name} {where}"))
+        engine.dispose()
+        return int(count or 0)
+
+    def version(self) -> str:
+        with self.admin.connect() as connection:
+            return f"PostgreSQL {connection.scalar(text('SHOW server_version'))}"
+
+
+@dataclass
+class Row:
+    tool: str
+    scenario: str
+    database: str
+    jobs: int
+    latency_ms: int
+    runs: list[Run] = field(default_factory=list)
+    requests: list[int] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)  # qfsync's own duration_s
+    skipped: int = 0
+
+    def median(self, values: list[float]) -> float:
+        return statistics.median(values) if values else NAN
+
+    @property
+    def wall(self) -> float:
+        return self.median([run.wall_s for run in self.runs])
+
+    @property
+    def cpu(self) -> float:
+        return self.median([run.cpu_s for run in self.runs])
+
+    @property
+    def rss(self) -> float:
+        return self.median([run.rss_mb for run in self.runs])
+
+    @property
+    def timed_out(self) -> bool:
+        return any(run.timed_out for run in self.runs)
+
+
+class Bench:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, str, int, int], Row] = {}
+        self.started = time.monotonic()
+        self.databases = [Sqlite(), Postgres()]
+        self.revision = revision()
+
+    def row(self, tool: str, scenario: str, database: str, jobs: int, latency: int) -> Row:
+        key = (tool, scenario, database, jobs, latency)
+        return self.rows.setdefault(key, Row(*key))
+
+    def out_of_time(self, repetition: int) -> bool:
+        """The first run of everything always happens; later ones only within the budget."""
+        return repetition > 0 and time.monotonic() - self.started > BUDGET_S
+
+    def record(self, row: Row, run: Run, fake: Fake) -> None:
+        row.runs.append(run)
+        row.requests.append(fake.requests())
+        state = f"stopped after {CAP_S} s" if run.timed_out else f"{run.wall_s:.2f} s"
+        print(
+            f"  {row.tool:6} {row.scenario:20} {row.database:8} {row.jobs:>7} jobs: {state}, "
+            f"{run.rss_mb:.0f} MB, {row.requests[-1]} requests",
+            flush=True,
+        )
+
+    def walk(self, fake: Fake, jobs: int, latency: int) -> None:
+        """Three runs at every size: the walk is cheap, and every ratio divides by it."""
+        row = self.row("qfsync", "walk", "-", jobs, latency)
+        for repetition in range(3):
+            if self.out_of_time(repetition):
+                row.skipped += 1
+                continue
+            self.record(row, measure([QFSYNC, "jobs"], fake.env, subprocess.DEVNULL), fake)
+
+    def qfsync(self, fake: Fake, db: Any, jobs: int, latency: int, repetitions: int) -> None:
+        """First sync into an empty database, re-sync unchanged, re-sync after 1% renames."""
+        # With latency, only the first sync: the question there is whether writing hides
+        # behind the waiting, and the first sync writes the most.
+        scenarios = SYNC_SCENARIOS if latency == 0 else SYNC_SCENARIOS[:1]
+        tag = f"qfsync_{jobs}"
+        for repetition in range(repetitions):
+            if self.out_of_time(repetition):
+                for scenario in scenarios:
+                    self.row("qfsync", scenario, db.name, jobs, latency).skipped += 1
+                continue
+            url = db.create(tag)
+            for scenario in scenarios:
+                row = self.row("qfsync", scenario, db.name, jobs, latency)
+                renamed = 0
+                if scenario == "re-sync 1% changed":
+                    renamed = int(fake.ask("rename 1").split()[1])
+                command = [QFSYNC, "sync", "--json", "--database-url", url]
+                run = measure(command, fake.env)
+                self.record(row, run, fake)
+                if run.timed_out:  # what follows needs this run's data
+                    break
+                result = json.loads(run.stdout)
+                row.durations.append(result["duration_s"])
+                expected = {
+                    "first sync": ("jobs_inserted", jobs),
+                    "re-sync unchanged": ("jobs_unchanged", jobs),
+                    "re-sync 1% changed": ("jobs_updated", renamed),
+                }[scenario]
+                stored = db.count(url, None, "finetuning_jobs", "WHERE deleted_at IS NULL")
+                if result[expected[0]] != expected[1] or stored != jobs:
+                    raise SystemExit(f"bench: {scenario}: {result} with {stored} rows stored")
+            db.drop(tag)
+
+    def dlt(self, fake: Fake, db: Any, jobs: int, repetitions: int) -> None:
+        """dlt's merge into an empty database, then the same pipeline again, nothing changed."""
+        tag = f"dlt_{jobs}"
+        for repetition in range(repetitions):
+            scenarios = ("first sync", "re-sync unchanged")
+            if self.out_of_time(repetition):
+                for scenario in scenarios:
+                    self.row("dlt", scenario, db.name, jobs, 0).skipped += 1
+                continue
+            url = db.create(tag)
+            state = OUT / f"{tag}_pipelines"
+            shutil.rmtree(state, ignore_errors=True)
+            command = [sys.executable, str(HERE / "dlt_pipeline.py"), fake.url, url, str(state)]
+            for scenario in scenarios:
+                row = self.row("dlt", scenario, db.name, jobs, 0)
+                run = measure(command, DLT_ENV)
+                self.record(row, run, fake)
+                if run.timed_out:
+                    break
+                stored = db.count(url, "dlt_jobs", "finetuning_jobs")
+                if stored != jobs:  # an honest comparison loads the same rows
+                    raise SystemExit(f"bench: dlt {scenario} left {stored} rows, not {jobs}")
+            db.drop(tag)
+            shutil.rmtree(state, ignore_errors=True)
+
+    def run(self) -> None:
+        for jobs, latency, repetitions in SIZES:
+            print(f"{jobs} jobs, {latency} ms latency, up to {repetitions} runs each", flush=True)
+            fake = Fake(jobs, latency)
+            try:
+                self.walk(fake, jobs, latency)
+                for db in self.databases:
+                    self.qfsync(fake, db, jobs, latency, repetitions)
+                    if latency == 0:
+                        self.dlt(fake, db, jobs, repetitions)
+            finally:
+                fake.close()
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def machine(bench: Bench) -> list[tuple[str, str]]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
+        platform.processor(),
+    )
+    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return [
+        ("CPU", f"{model}, {os.cpu_count()} cores"),
+        ("memory", f"{memory_kb / 1024**2:.1f} GiB"),
+        ("OS", platform.platform()),
+        ("Python", platform.python_version()),
+        ("databases", ", ".join(db.version() for db in bench.databases)),
+        ("qfsync revision", bench.revision),
+        (
+            "packages",
+            ", ".join(
+                f"{name} {version(name)}"
+                for name in ("qfsync", "SQLAlchemy", "psycopg", "requests", "dlt")
+            ),
+        ),
+    ]
+
+
+def revision() -> str:
+    """What ran: the last commit that changed qfsync's code, plus a digest of the uncommitted
+    changes to that code, if any. Docs and bench/ do not count."""
+    code = ["qfsync", "migrations", "pyproject.toml"]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=HERE.parent, capture_output=True, text=True, check=True
+        ).stdout
+
+    try:
+        commit = git("log", "-1", "--format=%h", "--", *code).strip()
+        diff = git("diff", commit, "--", *code)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    if not diff:
+        return commit
+    return (
+        f"{commit} + uncommitted changes (diff sha1 {hashlib.sha1(diff.encode()).hexdigest()[:8]})"
+    )
+
+
+def number(value: float, digits: int = 2) -> str:
+    return "n/a" if value != value else f"{value:.{digits}f}"
+
+
+def ratio(top: Row | None, bottom: Row | None) -> str:
+    """top's wall time over bottom's; a run stopped at the cap gives a bound."""
+    if top is None or bottom is None or not top.runs or not bottom.runs:
+        return "?"
+    if top.timed_out and bottom.timed_out:
+        return "?"
+    if top.timed_out:
+        return f"> {CAP_S / bottom.wall:.2f}×"
+    if bottom.timed_out:
+        return f"< {top.wall / CAP_S:.2f}×"
+    return f"{top.wall / bottom.wall:.2f}×"
+
+
+def results_table(bench: Bench) -> list[str]:
+    lines = [
+        "| tool | scenario | database | jobs | latency | runs | wall s | CPU s | jobs/s "
+        "| peak RSS MB | requests | qfsync/walk | dlt/qfsync |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for row in bench.rows.values():
+        walk = bench.rows.get(("qfsync", "walk", "-", row.jobs, row.latency_ms))
+        qfsync = bench.rows.get(("qfsync", row.scenario, row.database, row.jobs, row.latency_ms))
+        vs_walk = ratio(row, walk) if row.tool == "qfsync" and row.scenario != "walk" else ""
+        vs_qfsync = ratio(row, qfsync) if row.tool == "dlt" else ""
+        wall = f"> {CAP_S}" if row.timed_out else number(row.wall)
+        runs = f"{len(row.runs)}" + (f" ({row.skipped} skipped)" if row.skipped else "")
+        lines.append(
+            f"| {row.tool} | {row.scenario} | {row.database} | {row.jobs:,} | "
+            f"{row.latency_ms} ms | {runs} | {wall} | {number(row.cpu)} | "
+            f"{'n/a' if row.timed_out else number(row.jobs / row.wall, 0)} | "
+            f"{number(row.rss, 0)} | {row.requests[0] if row.requests else 'n/a'} | "
+            f"{vs_walk} | {vs_qfsync} |"
+        )
+    return lines
+
+
+def targets(bench: Bench) -> list[str]:
+    """Each target with its numbers and PASS or FAIL. A run stopped at the cap fails its target;
+    a row that never ran is "not measured"."""
+    big, small = 100_000, 10_000
+    lines = ["| target | measured (medians) | verdict |", "|---|---|---|"]
+
+    def check(name: str, ok: bool | None, detail: str) -> None:
+        verdict = "not measured" if ok is None else "PASS" if ok else "FAIL"
+        lines.append(f"| {name} | {detail} | **{verdict}** |")
+
+    def get(tool: str, scenario: str, db: str, jobs: int = big, latency: int = 0) -> Row | None:
+        row = bench.rows.get((tool, scenario, db, jobs, latency))
+        return row if row and row.runs else None
+
+    def seconds(row: Row | None) -> str:
+        return "?" if row is None else f"> {CAP_S}" if row.timed_out else number(row.wall)
+
+    def within(row: Row | None, reference: Row | None, limit: float) -> bool | None:
+        """row's wall time ≤ limit × reference's; a row stopped at the cap took too long."""
+        if row is None or reference is None or reference.timed_out:
+            return None
+        return not row.timed_out and row.wall <= limit * reference.wall
+
+    walk = get("qfsync", "walk", "-")
+    for db in ("sqlite", "postgres"):
+        peaks = {}
+        for jobs in (small, big):
+            rows = [get("qfsync", scenario, db, jobs) for scenario in SYNC_SCENARIOS]
+            peaks[jobs] = max((row.rss for row in rows if row), default=None)
+        ok = None if None in peaks.values() else peaks[big] <= 1.1 * peaks[small]
+        check(
+            f"qfsync sync into {db}: peak RSS at 100k within 10% of 10k",
+            ok,
+            f"{number(peaks[big] or NAN, 0)} MB vs {number(peaks[small] or NAN, 0)} MB",
+        )
+        ours, theirs = get("qfsync", "first sync", db), get("dlt", "first sync", db)
+        check(
+            f"first sync into {db}, 100k: qfsync's peak RSS ≤ half of dlt's",
+            None if ours is None or theirs is None else ours.rss <= theirs.rss / 2,
+            f"{number(ours.rss if ours else NAN, 0)} MB vs dlt "
+            f"{number(theirs.rss if theirs else NAN, 0)} MB",
+        )
+    for db, scenario, limit in (
+        ("postgres", "first sync", 1.25),
+        ("sqlite", "re-sync unchanged", 1.3),
+        ("postgres", "re-sync unchanged", 1.3),
+    ):
+        sync = get("qfsync", scenario, db)
+        check(
+            f"{scenario} into {db}, 100k: ≤ {limit}× the walk",
+            within(sync, walk, limit),
+            f"{seconds(sync)} s vs walk {seconds(walk)} s: {ratio(sync, walk)}",
+        )
+    for db in ("sqlite", "postgres"):
+        for scenario in ("first sync", "re-sync unchanged"):
+            ours, theirs = get("qfsync", scenario, db), get("dlt", scenario, db)
+            check(
+                f"{scenario} into {db}, 100k: qfsync ≥ 5× faster than dlt",
+                within(ours, theirs, 1 / 5),
+                f"dlt {seconds(theirs)} s vs qfsync {seconds(ours)} s: "
+                f"dlt/qfsync {ratio(theirs, ours)}",
+            )
+    for db in ("sqlite", "postgres"):
+        sync = get("qfsync", "first sync", db, 20_000, 20)
+        name = f"first sync into {db}, 20k, 20 ms latency: ≤ 1.1 × pages × 20 ms"
+        if sync is None or sync.timed_out:
+            check(name, None if sync is None else False, f"process {seconds(sync)} s")
+            continue
+        ideal = sync.requests[0] * 0.020
+        run = sync.median(sync.durations)
+        latency_walk = get("qfsync", "walk", "-", 20_000, 20)
+        check(
+            name,
+            run <= 1.1 * ideal,
+            f"run {run:.2f} s (process {sync.wall:.2f} s; the walk's process "
+            f"{seconds(latency_walk)} s) vs {sync.requests[0]} pages × 20 ms = {ideal:.2f} s: "
+            f"{run / ideal:.2f}×",
+        )
+    return lines
+
+
+def report(bench: Bench, started_at: datetime, load: tuple[str, str]) -> str:
+    elapsed = time.monotonic() - bench.started
+    results = HERE / "RESULTS.md"
+    warning = []
+    if (now := revision()) != bench.revision:
+        warning.append(
+            f"| **warning** | qfsync's files changed during the run (now {now}), so the rows "
+            "mix two versions of qfsync: run `make bench` again |"
+        )
+    notes = ""
+    if results.exists() and NOTES_MARK in results.read_text():
+        notes = results.read_text().split(NOTES_MARK, 1)[1]
+    lines = [
+        "# qfsync benchmark",
+        "",
+        f"Written by `make bench` (bench/bench.py) on {started_at:%Y-%m-%d %H:%M} UTC; the "
+        f"measurements took {elapsed:.0f} s.",
+        "",
+        "| machine | |",
+        "|---|---|",
+        *(f"| {key} | {value} |" for key, value in machine(bench)),
+        *warning,
+        f"| load average (1 min) at start / end | {load[0]} / {load[1]} (the machine is shared: "
+        "other work running at the same time slows every row) |",
+        "",
+        "## How it was measured",
+        "",
+        "- The fake API (`qfsync.fake_api.FakeApi`, signatures checked) runs on loopback in a "
+        "process of its own (bench/fake_server.py); every measured command runs in a fresh "
+        "process. Wall time is the whole process, start-up included; CPU is its user + system "
+        "time and peak RSS its `ru_maxrss`, both from `os.wait4`; requests are the fake's own "
+        "count for that process. The fake and the database servers share the two cores.",
+        "- **walk**: `qfsync jobs > /dev/null`. **qfsync**: `qfsync sync --json` into a fresh "
+        "SQLite file or a fresh PostgreSQL database: the first sync, a re-sync with nothing "
+        "changed, then a re-sync after the fake renamed 1% of the jobs (every 100th). "
+        "**dlt**: bench/dlt_pipeline.py (rest_api source, `JSONResponseCursorPaginator` writing "
+        "`marker` into the JSON body, merge on `jobId`, requests signed with "
+        "`qfsync.signer.authorization` like qfsync's client) into a fresh database, then run "
+        "again with nothing changed; each time the rows in dlt's table are counted and must "
+        "equal the jobs. dlt writes SQLite through its `sqlalchemy` destination with "
+        "`create_primary_keys=True` (so its table and its staging table have `jobId` as an "
+        "indexed primary key) and PostgreSQL through its `postgres` destination.",
+        "- Runs per row: "
+        + ", ".join(f"{j:,} jobs {lat} ms: {r}" for j, lat, r in SIZES)
+        + "; the walk runs three times at every size (it is cheap and every ratio divides by "
+        "it). The table shows the median and how many ran. 100k runs once to keep `make bench` "
+        f"under ten minutes. A run still going after {CAP_S} s is stopped and shown as "
+        f"`> {CAP_S}`; repetitions after {BUDGET_S} s of measuring are skipped and counted. "
+        "With 20 ms latency only the walk and the first sync are measured, against the ideal "
+        "of pages × 20 ms; that target uses qfsync's own `duration_s` (the run without process "
+        "start-up and schema migration), and the process wall time is shown beside it.",
+        "",
+        "## Results",
+        "",
+        *results_table(bench),
+        "",
+        "## Targets",
+        "",
+        *targets(bench),
+        "",
+        NOTES_MARK,
+    ]
+    return "\n".join(lines) + (notes or "\n")
+
+
+def load_average() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def main() -> None:
+    started_at = datetime.now(UTC)
+    load_at_start = load_average()
+    OUT.mkdir(exist_ok=True)
+    bench = Bench()
+    bench.run()
+    written = report(bench, started_at, (load_at_start, load_average()))
+    (HERE / "RESULTS.md").write_text(written)
+    print("\n".join(results_table(bench)))
+    print()
+    print("\n".join(targets(bench)))
+    print(f"\nwrote {HERE / 'RESULTS.md'}")
+    if revision() != bench.revision:
+        print("bench: qfsync's files changed during the run; run `make bench` again")
+
+
+if __name__ == "__main__":
+    main()
