@@ -40,7 +40,7 @@ NOTES_MARK = "<!-- Everything below this line is written by hand; bench.py keeps
 SIZES = [(10_000, 0, 3), (20_000, 20, 3), (100_000, 0, 1)]
 CAP_S = 150  # a measurement still running after this is stopped and reported as "> CAP_S"
 BUDGET_S = 420  # after this many seconds, later repetitions are skipped (the table says so)
-SYNC_SCENARIOS = ("first sync", "re-sync unchanged", "re-sync 1% changed")
+SYNC_SCENARIOS = ("first sync", "re-sync unchanged", "re-sync 1% changed", "incremental, 50 new")
 NAN = float("nan")
 DEMO_ENV = {"QIANFAN_ACCESS_KEY": "qfsync-demo-ak", "QIANFAN_SECRET_KEY": "qfsync-demo-sk"}
 # dlt would try to send telemetry; this machine has no network beyond the package index.
@@ -268,10 +268,14 @@ class Bench:
             url = db.create(tag)
             for scenario in scenarios:
                 row = self.row("qfsync", scenario, db.name, jobs, latency)
-                renamed = 0
+                renamed, listed = 0, jobs
                 if scenario == "re-sync 1% changed":
                     renamed = int(fake.ask("rename 1").split()[1])
                 command = [QFSYNC, "sync", "--json", "--database-url", url]
+                if scenario == "incremental, 50 new":
+                    fake.ask("add 50")
+                    command.append("--incremental")
+                    listed += 50
                 run = measure(command, fake.env)
                 self.record(row, run, fake)
                 if run.timed_out:  # what follows needs this run's data
@@ -282,10 +286,13 @@ class Bench:
                     "first sync": ("jobs_inserted", jobs),
                     "re-sync unchanged": ("jobs_unchanged", jobs),
                     "re-sync 1% changed": ("jobs_updated", renamed),
+                    "incremental, 50 new": ("jobs_inserted", 50),
                 }[scenario]
                 stored = db.count(url, None, "finetuning_jobs", "WHERE deleted_at IS NULL")
-                if result[expected[0]] != expected[1] or stored != jobs:
+                if result[expected[0]] != expected[1] or stored != listed:
                     raise SystemExit(f"bench: {scenario}: {result} with {stored} rows stored")
+                if scenario == "incremental, 50 new":
+                    fake.ask("forget")  # later measurements expect the fake's N jobs
             db.drop(tag)
 
     def dlt(self, fake: Fake, db: Any, jobs: int, repetitions: int) -> None:
@@ -478,6 +485,13 @@ def targets(bench: Bench) -> list[str]:
                 f"dlt {seconds(theirs)} s vs qfsync {seconds(ours)} s: "
                 f"dlt/qfsync {ratio(theirs, ours)}",
             )
+    for db in ("sqlite", "postgres"):
+        incremental = get("qfsync", "incremental, 50 new", db)
+        check(
+            f"incremental sync into {db}, 100k stored and 50 new: ≤ 2 requests",
+            None if incremental is None else max(incremental.requests) <= 2,
+            f"{'?' if incremental is None else max(incremental.requests)} requests",
+        )
     for db in ("sqlite", "postgres"):
         sync = get("qfsync", "first sync", db, 20_000, 20)
         name = f"first sync into {db}, 20k, 20 ms latency: ≤ 1.1 × pages × 20 ms"

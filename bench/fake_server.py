@@ -6,6 +6,8 @@ between two syncs and read how many requests a walk made, without sharing the me
 Prints `ready URL`, then answers one line per command:
     count          requests since the last count (the counter restarts), e.g. `1000`
     rename PCT     renames every (100/PCT)-th job of the listing, e.g. `renamed 1000`
+    add N          adds N jobs newer than all others, e.g. `added 50`
+    forget         deletes the jobs `add` added, e.g. `forgot 50`
 """
 
 import sys
@@ -15,6 +17,7 @@ from qfsync.fake_api import FakeApi, Faults
 
 def main(jobs: int, latency_ms: float) -> None:
     api = FakeApi(jobs, faults=Faults(latency_s=latency_ms / 1000)).start()
+    added: list[str] = []
     print("ready", api.url, flush=True)
     for line in sys.stdin:
         command, *args = line.split()
@@ -26,6 +29,12 @@ def main(jobs: int, latency_ms: float) -> None:
             ids = [job["jobId"] for job in listing[:: round(100 / float(args[0]))]]
             api.rename(ids)
             answer = f"renamed {len(ids)}"
+        elif command == "add":
+            added += [job["jobId"] for job in api.add(int(args[0]))]
+            answer = f"added {args[0]}"
+        elif command == "forget":
+            api.delete(added)
+            answer, added = f"forgot {len(added)}", []
         else:
             answer = f"unknown command {command!r}"
         print(answer, flush=True)
