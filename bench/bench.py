@@ -545,7 +545,8 @@ def report(bench: Bench, started_at: datetime, load: tuple[str, str]) -> str:
         "count for that process. The fake and the database servers share the two cores.",
         "- **walk**: `qfsync jobs > /dev/null`. **qfsync**: `qfsync sync --json` into a fresh "
         "SQLite file or a fresh PostgreSQL database: the first sync, a re-sync with nothing "
-        "changed, then a re-sync after the fake renamed 1% of the jobs (every 100th). "
+        "changed, a re-sync after the fake renamed 1% of the jobs (every 100th), then "
+        "`--incremental` after the fake added 50 new jobs. "
         "**dlt**: bench/dlt_pipeline.py (rest_api source, `JSONResponseCursorPaginator` writing "
         "`marker` into the JSON body, merge on `jobId`, requests signed with "
         "`qfsync.signer.authorization` like qfsync's client) into a fresh database, then run "

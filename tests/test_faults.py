@@ -1,6 +1,7 @@
 """Faults and bad input: retries, resume, signals, SIGKILL, the lock, clear errors, no secrets."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -278,7 +279,8 @@ def test_database_failure_mid_run_keeps_earlier_pages(engine, fake_api, run_sync
 
 def test_secrets_appear_nowhere(engine, database_url, fake_api, api_env, caplog):
     """A wrong secret key fails with the hint to check the keys, and the secret appears in no
-    output, log line, --json output or table."""
+    output, log line at any level, --json output or table."""
+    caplog.set_level(logging.DEBUG)
     api = fake_api(50)
     api_env(api)
     os.environ["QIANFAN_SECRET_KEY"] = WRONG_SECRET  # api_env's monkeypatch restores it

@@ -134,6 +134,21 @@ def test_filters_and_page_size_reach_the_api(engine, fake_api, run_sync):
     assert (run["train_mode_filter"], run["model_filter"], run["page_size"]) == ("SFT", None, 37)
 
 
+def test_filtered_sync_deletes_only_inside_its_filter(engine, fake_api, run_sync):
+    """A complete SFT-only walk marks a vanished SFT job deleted and leaves a vanished job of
+    another train mode listed, for a full walk to find."""
+    api = fake_api(400)
+    run_sync(engine, api)
+    sft = next(item["jobId"] for item in api.job_list() if item["trainMode"] == "SFT")
+    other = next(item["jobId"] for item in api.job_list() if item["trainMode"] != "SFT")
+    api.delete([sft, other])
+    assert run_sync(engine, api, train_mode="SFT").jobs_deleted == 1
+    rows = stored_jobs(engine)
+    assert rows[sft]["deleted_at"] is not None and rows[other]["deleted_at"] is None
+    assert run_sync(engine, api).jobs_deleted == 1
+    assert stored_jobs(engine)[other]["deleted_at"] is not None
+
+
 def test_cli_sync_json_and_runs(database_url, fake_api, api_env):
     """`qfsync sync --json` upgrades an empty database (saying so on stderr) and prints one
     object with the run's counts; `qfsync runs --json` lists runs newest first."""
