@@ -13,7 +13,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from . import __version__, db, runs
+from . import __version__, db, report, runs
 from .client import (
     DEFAULT_BASE_URL,
     MAX_PAGE_SIZE,
@@ -24,6 +24,7 @@ from .client import (
     walk,
 )
 from .errors import EXIT_SIGINT, EXIT_SIGTERM, ConfigError, Interrupted, QfsyncError
+from .fake_api import DEFAULT_SEED, DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
 from .sync import StopFlag, Sync, SyncResult
 
 log = logging.getLogger("qfsync")
@@ -363,7 +364,9 @@ def current(database_url: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--jobs", "job_count", type=click.IntRange(0), default=1000, show_default=True)
-@click.option("--seed", type=int, default=None, help="Seed for the generated jobs.")
+@click.option(
+    "--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed for the generated jobs."
+)
 @click.option("--latency-ms", type=click.FloatRange(0), default=0.0, help="Delay per answer.")
 @click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of 500s.")
 @click.option(
@@ -408,7 +411,7 @@ def fake_api(
     host: str,
     port: int,
     job_count: int,
-    seed: int | None,
+    seed: int,
     latency_ms: float,
     error_rate: float,
     throttle_rate: float,
@@ -420,7 +423,6 @@ def fake_api(
     no_auth: bool,
 ) -> None:
     """Serve a local fake of DescribeFineTuningJobs, for the demo, tests and rehearsals."""
-    from .fake_api import DEFAULT_SEED, DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
 
     faults = Faults(
         latency_s=latency_ms / 1000,
@@ -432,15 +434,11 @@ def fake_api(
         busy_rate=busy_rate,
         fail_after_pages=fail_after_pages,
     )
-    api = FakeApi(
-        job_count,
-        DEFAULT_SEED if seed is None else seed,
-        faults,
-        host,
-        port,
-        check_auth=not no_auth,
-    )
-    api.start()
+    api = FakeApi(job_count, seed, faults, host, port, check_auth=not no_auth)
+    try:
+        api.start()
+    except OSError as exc:
+        raise QfsyncError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     click.echo(
         f"fake API serving {job_count} jobs at {api.url} (Ctrl-C stops it); demo "
         f"credentials: QIANFAN_ACCESS_KEY={DEMO_ACCESS_KEY} "
@@ -470,8 +468,6 @@ def fake_api(
 def report_command(database_url: str, output_format: str, max_age: str | None) -> None:
     """Print the state of the data: total, listed and deleted jobs; listed jobs by model and
     train mode; jobs created per month; the last sync and its health (the sync_health view)."""
-    from . import report
-
     try:
         allowed = None if max_age is None else report.parse_duration(max_age)
     except ValueError as exc:
