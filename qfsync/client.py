@@ -172,9 +172,9 @@ class Client:
             )
             request_id = error.get("requestId") or response.headers.get("X-Bce-Request-Id")
             if response.status_code in RETRY_STATUSES:
-                failure = TransientError(f"HTTP {response.status_code} {code}: {message}")
-                failure.retry_after = retry_after(response)  # type: ignore[attr-defined]
-                raise failure
+                raise TransientError(
+                    f"HTTP {response.status_code} {code}: {message}", retry_after(response)
+                )
             raise ApiError(code, message, request_id, response.status_code, HINTS.get(code))
         if isinstance(decoded, dict) and "error_code" in decoded:
             code = decoded.get("error_code")
@@ -193,7 +193,7 @@ class Client:
             try:
                 return self._attempt(body)
             except TransientError as exc:
-                delay = getattr(exc, "retry_after", None)
+                delay = exc.retry_after
                 if delay is None:
                     delay = self.retry.backoff(attempt)
                 last_try = attempt == self.retry.max_attempts

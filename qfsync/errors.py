@@ -54,6 +54,10 @@ class ApiError(QfsyncError):
 class TransientError(QfsyncError):
     """A failure worth retrying: connection error, throttling, server error, malformed page."""
 
+    def __init__(self, message: str, retry_after: float | None = None):
+        self.retry_after = retry_after  # seconds the server asked for, if it did
+        super().__init__(message)
+
 
 class RetriesExhausted(QfsyncError):
     """A transient failure outlasted the retry budget."""
