@@ -1,4 +1,4 @@
-"""Writing to the database: one page of jobs, their versions, deletions, and the run's bookkeeping.
+"""Writing jobs: one page of jobs with their versions, and the deletions after a complete walk.
 
 Every function takes the caller's connection, so the sync decides the transaction: a page, its
 versions and its progress in `sync_runs` are committed together or not at all.
