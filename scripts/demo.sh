@@ -26,4 +26,4 @@ echo "== second sync: nothing changed, so nothing is inserted or updated"
 $qfsync sync
 echo "== qfsync runs"
 $qfsync runs --limit 5
-echo "== try: sqlite3 qfsync.db 'SELECT model, COUNT(*) FROM finetuning_jobs_current GROUP BY model'"
+echo "== next: .venv/bin/qfsync report, or query the views, e.g. finetuning_jobs_current, in qfsync.db"
