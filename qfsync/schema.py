@@ -64,7 +64,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
-JobId = String(64)
+JobId = String(128)
 
 
 sync_runs = Table(
@@ -81,8 +81,8 @@ sync_runs = Table(
         default="full",
         comment="full (a complete walk) or incremental (newest first, stops at known jobs).",
     ),
-    Column("train_mode_filter", String(64), comment="The trainMode filter; NULL for all."),
-    Column("model_filter", String(128), comment="The model filter; NULL for all."),
+    Column("train_mode_filter", String(128), comment="The trainMode filter; NULL for all."),
+    Column("model_filter", String(255), comment="The model filter; NULL for all."),
     Column("page_size", Integer, nullable=False, comment="maxKeys sent on every request."),
     Column("pages", Integer, nullable=False, default=0, comment="Pages committed by this run."),
     Column("jobs_seen", Integer, nullable=False, default=0, comment="Jobs listed by the API."),
@@ -144,8 +144,8 @@ finetuning_jobs = Table(
     Column("job_id", JobId, primary_key=True, comment="Qianfan jobId."),
     Column("name", LongText, comment="Job name as listed."),
     Column("description", LongText, comment="Job description as listed."),
-    Column("model", String(128), comment="Base model version, e.g. ERNIE-Speed-8K."),
-    Column("train_mode", String(64), comment="Training mode, e.g. SFT, PostPretrain, DPO, KTO."),
+    Column("model", String(255), comment="Base model version, e.g. ERNIE-Speed-8K."),
+    Column("train_mode", String(128), comment="Training mode, e.g. SFT, PostPretrain, DPO, KTO."),
     Column("created_at", UtcDateTime, comment="createTime (or createDate) from the API, UTC."),
     Column(
         "first_seen_at", UtcDateTime, nullable=False, comment="When a sync first stored the job."
@@ -206,8 +206,8 @@ finetuning_job_versions = Table(
     ),
     Column("name", LongText, comment="Job name in this version."),
     Column("description", LongText, comment="Job description in this version."),
-    Column("model", String(128), comment="Base model in this version."),
-    Column("train_mode", String(64), comment="Training mode in this version."),
+    Column("model", String(255), comment="Base model in this version."),
+    Column("train_mode", String(128), comment="Training mode in this version."),
     Column("run_id", Integer, nullable=False, comment="The sync_runs.id that opened the version."),
     Index(None, "valid_from"),
     comment="History: one row per distinct (name, description, model, train_mode) of a job.",

@@ -20,7 +20,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "finetuning_job_versions",
-        sa.Column("job_id", sa.String(length=64), nullable=False, comment="Qianfan jobId."),
+        sa.Column("job_id", sa.String(length=128), nullable=False, comment="Qianfan jobId."),
         sa.Column(
             "version",
             sa.Integer(),
@@ -45,11 +45,11 @@ def upgrade() -> None:
             "description", LongText, nullable=True, comment="Job description in this version."
         ),
         sa.Column(
-            "model", sa.String(length=128), nullable=True, comment="Base model in this version."
+            "model", sa.String(length=255), nullable=True, comment="Base model in this version."
         ),
         sa.Column(
             "train_mode",
-            sa.String(length=64),
+            sa.String(length=128),
             nullable=True,
             comment="Training mode in this version.",
         ),
@@ -73,18 +73,18 @@ def upgrade() -> None:
 
     op.create_table(
         "finetuning_jobs",
-        sa.Column("job_id", sa.String(length=64), nullable=False, comment="Qianfan jobId."),
+        sa.Column("job_id", sa.String(length=128), nullable=False, comment="Qianfan jobId."),
         sa.Column("name", LongText, nullable=True, comment="Job name as listed."),
         sa.Column("description", LongText, nullable=True, comment="Job description as listed."),
         sa.Column(
             "model",
-            sa.String(length=128),
+            sa.String(length=255),
             nullable=True,
             comment="Base model version, e.g. ERNIE-Speed-8K.",
         ),
         sa.Column(
             "train_mode",
-            sa.String(length=64),
+            sa.String(length=128),
             nullable=True,
             comment="Training mode, e.g. SFT, PostPretrain, DPO, KTO.",
         ),
@@ -169,13 +169,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "train_mode_filter",
-            sa.String(length=64),
+            sa.String(length=128),
             nullable=True,
             comment="The trainMode filter; NULL for all.",
         ),
         sa.Column(
             "model_filter",
-            sa.String(length=128),
+            sa.String(length=255),
             nullable=True,
             comment="The model filter; NULL for all.",
         ),
