@@ -58,11 +58,8 @@ def excerpt(text: str | bytes) -> str:
     if isinstance(head, bytes):
         head = head.decode("utf-8", "replace")
     folded = " ".join(head.split())
-    return (
-        folded
-        if len(folded) <= EXCERPT_CHARS and len(head) == len(text)
-        else (folded[:EXCERPT_CHARS] + "…")
-    )
+    cut = len(folded) > EXCERPT_CHARS or len(head) < len(text)
+    return folded[:EXCERPT_CHARS] + "…" if cut else folded
 
 
 def parse_time(value: str) -> datetime:

@@ -148,11 +148,6 @@ def running(connection: Connection, scope: Scope) -> Any:
     ).first()
 
 
-def get(connection: Connection, run_id: int) -> dict[str, Any]:
-    row = connection.execute(select(sync_runs).where(sync_runs.c.id == run_id)).one()
-    return dict(row._mapping)
-
-
 def history(connection: Connection, limit: int) -> list[dict[str, Any]]:
     rows = connection.execute(select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit))
     return [dict(row._mapping) for row in rows]
