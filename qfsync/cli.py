@@ -25,7 +25,7 @@ from .client import (
 )
 from .errors import EXIT_SIGINT, EXIT_SIGTERM, ConfigError, Interrupted, QfsyncError
 from .fake_api import DEFAULT_SEED, DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
-from .sync import StopFlag, Sync, SyncResult
+from .syncer import StopFlag, Sync, SyncResult
 
 log = logging.getLogger("qfsync")
 

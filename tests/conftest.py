@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from qfsync import db
 from qfsync.client import Client, Credentials, JobQuery, RetryPolicy
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
-from qfsync.sync import Sync, SyncResult
+from qfsync.syncer import Sync, SyncResult
 
 DIALECTS = ("sqlite", "postgresql", "mysql")
 SERVER_ENV = {"postgresql": "QFSYNC_TEST_POSTGRES_URL", "mysql": "QFSYNC_TEST_MYSQL_URL"}

@@ -15,7 +15,7 @@ from qfsync.client import Client, Credentials, JobQuery, RetryPolicy
 from qfsync.errors import RetriesExhausted
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
 from qfsync.schema import metadata
-from qfsync.sync import Sync
+from qfsync.syncer import Sync
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 FENCE = re.compile(r"^```sql(?P<info>[^\n]*)\n(?P<sql>.*?)^```", re.MULTILINE | re.DOTALL)

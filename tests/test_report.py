@@ -17,7 +17,7 @@ from qfsync.errors import RetriesExhausted
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
 from qfsync.report import CSV_COLUMNS, format_age, parse_duration
 from qfsync.schema import finetuning_job_versions, finetuning_jobs, sync_runs
-from qfsync.sync import Sync, SyncResult
+from qfsync.syncer import Sync, SyncResult
 
 # A failing walk should fail fast: two attempts, hardly any backoff.
 IMPATIENT = RetryPolicy(max_attempts=2, base_delay_s=0.001, max_wait_s=0.01)
