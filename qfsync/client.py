@@ -6,6 +6,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -82,6 +83,34 @@ class JobQuery:
         return body
 
 
+# Why a request was retried, as metrics label it (the values of `retry_reason`).
+RETRY_REASONS = ("connection", "throttled", "server_error", "malformed")
+
+
+def retry_reason(exc: TransientError) -> str:
+    """The kind of a transient failure, read from the message `Client._attempt` gave it."""
+    if isinstance(exc, MalformedResponse):
+        return "malformed"
+    text = str(exc)
+    if text.startswith(("HTTP 429 ", "API error 18:")):
+        return "throttled"
+    if text.startswith("cannot reach "):
+        return "connection"
+    return "server_error"
+
+
+@dataclass
+class ClientStats:
+    """What the retries cost: counted where they happen, read by the metrics after a run."""
+
+    retries: Counter[str] = field(default_factory=Counter)
+    waited_s: float = 0.0
+
+    def retried(self, exc: TransientError, delay_s: float) -> None:
+        self.retries[retry_reason(exc)] += 1
+        self.waited_s += delay_s
+
+
 def retry_after(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
@@ -114,6 +143,7 @@ class Client:
         self.retry = retry
         self.sleep = sleep
         self.requests_made = 0
+        self.stats = ClientStats()
         self.session = requests.Session()
         self.session.headers["User-Agent"] = f"qfsync/{__version__}"
 
@@ -201,7 +231,19 @@ class Client:
                     raise RetriesExhausted(
                         f"{exc} (gave up after {attempt} attempts and {waited:.1f}s of waiting)"
                     ) from None
-                log.info("attempt %d failed: %s; retrying in %.2fs", attempt, exc, delay)
+                log.info(
+                    "attempt %d failed: %s; retrying in %.2fs",
+                    attempt,
+                    exc,
+                    delay,
+                    extra={
+                        "attempt": attempt,
+                        "delay_s": round(delay, 3),
+                        "error": str(exc),
+                        "marker": body.get("marker"),
+                    },
+                )
+                self.stats.retried(exc, delay)
                 # A stop request (SIGINT/SIGTERM) must not wait out a long backoff.
                 if stop is not None and stop.wait(delay):
                     raise TransientError("stopped while waiting to retry") from None

@@ -1,0 +1,307 @@
+"""Prometheus metrics of a sync, for the node exporter's textfile collector (`--metrics-file`)
+and a Pushgateway (`--pushgateway`), written on success and on failure alike.
+
+Every value describes the last attempt of one scope in one mode, so every metric is a gauge
+(`_total` is for counters, which never go down). The one to alert on, the last success time,
+is read from `sync_runs`, so a failed attempt reports the success before it rather than
+dropping it. The counts are derived from `runs.COUNTS`, so a count added there is exported
+with its column's comment as help text. prometheus_client is imported only when metrics are
+asked for.
+"""
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import runs
+from .client import RETRY_REASONS, Client
+from .db import mask_text
+from .errors import EXIT_FAILED, EXIT_OK, ConfigError
+from .schema import finetuning_jobs, sync_runs
+from .store import Scope
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from .syncer import Sync
+
+log = logging.getLogger(__name__)
+
+PUSH_JOB = "qfsync"
+PUSH_TIMEOUT_S = 10.0
+LAST_SUCCESS = "qfsync_last_success_timestamp_seconds"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the database says about the scope after the attempt."""
+
+    last_success: float | None  # Unix time; None if no sync of the scope has succeeded
+    jobs: dict[str, int]  # listed and deleted jobs of the scope
+
+
+def read_stored(engine: Engine, scope: Scope, mode: str) -> Stored:
+    """The last success of the scope in this mode (for incremental, a full sync counts too: it
+    saw every new job as well), and the scope's listed and deleted jobs."""
+    modes = [runs.FULL] if mode == runs.FULL else [runs.FULL, runs.INCREMENTAL]
+    rc, jc = sync_runs.c, finetuning_jobs.c
+    in_scope = [
+        column == value
+        for column, value in ((jc.train_mode, scope.train_mode), (jc.model, scope.model))
+        if value is not None
+    ]
+    with engine.connect() as connection:
+        last = connection.scalar(
+            select(func.max(rc.finished_at)).where(
+                scope.runs_clause(), rc.status == runs.SUCCEEDED, rc.mode.in_(modes)
+            )
+        )
+        total, deleted = connection.execute(
+            select(func.count(), func.count(jc.deleted_at)).where(*in_scope)
+        ).one()
+    return Stored(
+        last.timestamp() if last else None, {"listed": total - deleted, "deleted": deleted}
+    )
+
+
+@dataclass
+class Attempt:
+    """One call of `qfsync.sync`, filled in as it goes, so that whatever point it fails at the
+    metrics say what it did."""
+
+    scope: Scope
+    mode: str
+    started_at: float = field(default_factory=time.time)
+    client: Client | None = None
+    sync: "Sync | None" = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The values of every metric, fixed when the attempt ended."""
+
+    scope: str
+    mode: str
+    started_at: float
+    finished_at: float
+    exit_code: int
+    run_id: int
+    counts: dict[str, int]
+    requests: int
+    retries: dict[str, int]
+    retry_wait_s: float
+    last_success: float | None  # None: no success yet, or the database could not be read
+    stored_jobs: dict[str, int] | None  # None: the database could not be read
+
+    @classmethod
+    def of(cls, attempt: Attempt, stored: Stored | None) -> "Snapshot":
+        result = attempt.sync.result if attempt.sync is not None else None
+        client = attempt.client
+        retries = client.stats.retries if client else {}
+        error = attempt.error
+        return cls(
+            scope=attempt.scope.key,
+            mode=attempt.mode,
+            started_at=attempt.started_at,
+            finished_at=time.time(),
+            exit_code=EXIT_OK if error is None else getattr(error, "exit_code", EXIT_FAILED),
+            run_id=result.run_id if result is not None else 0,
+            counts={name: getattr(result, name, 0) if result else 0 for name in runs.COUNTS},
+            requests=client.requests_made if client else 0,
+            retries={reason: retries.get(reason, 0) for reason in RETRY_REASONS},
+            retry_wait_s=round(client.stats.waited_s, 3) if client else 0.0,
+            last_success=stored.last_success if stored else None,
+            stored_jobs=stored.jobs if stored else None,
+        )
+
+
+def count_help(name: str) -> str:
+    column = sync_runs.c.get(name)
+    comment = column.comment if column is not None and column.comment else name
+    return f"In the last attempt, per sync_runs.{name}: {comment}"
+
+
+class SnapshotCollector:
+    """A prometheus_client collector of one snapshot. `labels` go on every sample: scope and
+    mode in a file; none for a Pushgateway, whose grouping key adds them."""
+
+    def __init__(self, snapshot: Snapshot, labels: dict[str, str]):
+        self.snapshot, self.labels = snapshot, labels
+
+    def gauge(self, name: str, help_text: str, value: float, **extra: str) -> "Metric":
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(f"qfsync_{name}", help_text, labels=[*self.labels, *extra])
+        family.add_metric([*self.labels.values(), *extra.values()], value)
+        return family
+
+    def collect(self) -> Iterator["Metric"]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        s = self.snapshot
+        yield self.gauge(
+            "last_run_start_timestamp_seconds", "When the last attempt started.", s.started_at
+        )
+        yield self.gauge(
+            "last_run_end_timestamp_seconds", "When the last attempt ended.", s.finished_at
+        )
+        yield self.gauge(
+            "last_run_duration_seconds",
+            "How long the last attempt took, waiting for the scope's lock included.",
+            round(s.finished_at - s.started_at, 3),
+        )
+        yield self.gauge(
+            "last_run_success", "1 if the last attempt succeeded, 0 if it failed.", s.exit_code == 0
+        )
+        yield self.gauge(
+            "last_run_exit_code",
+            "Exit code of the last attempt: 0 succeeded, 1 failed, 2 bad settings, "
+            "3 another sync held the lock, 130/143 interrupted.",
+            s.exit_code,
+        )
+        yield self.gauge(
+            "last_run_id",
+            "sync_runs.id of the last attempt; 0 if it failed before its run row existed.",
+            s.run_id,
+        )
+        for name, value in s.counts.items():
+            yield self.gauge(f"last_run_{name}", count_help(name), value)
+        yield self.gauge(
+            "last_run_api_requests",
+            "Requests the last attempt sent to the console API, retries included.",
+            s.requests,
+        )
+        retries = GaugeMetricFamily(
+            "qfsync_last_run_api_retries",
+            "Requests of the last attempt that failed and were retried, by reason.",
+            labels=[*self.labels, "reason"],
+        )
+        for reason, count in s.retries.items():
+            retries.add_metric([*self.labels.values(), reason], count)
+        yield retries
+        yield self.gauge(
+            "last_run_retry_wait_seconds",
+            "Time the last attempt spent waiting before retries (backoff and Retry-After).",
+            s.retry_wait_s,
+        )
+        if s.last_success is not None:
+            yield self.gauge(
+                LAST_SUCCESS.removeprefix("qfsync_"),
+                "When the last successful sync of this scope and mode finished, from "
+                "sync_runs (for mode incremental, a full sync counts too).",
+                s.last_success,
+            )
+        if s.stored_jobs is not None:
+            jobs = GaugeMetricFamily(
+                "qfsync_stored_jobs",
+                "Jobs of this scope in finetuning_jobs: listed by the API now, or deleted "
+                "(missed by a complete walk).",
+                labels=[*self.labels, "state"],
+            )
+            for state, count in s.stored_jobs.items():
+                jobs.add_metric([*self.labels.values(), state], count)
+            yield jobs
+
+
+def registry_of(snapshot: Snapshot, labels: dict[str, str]) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot, labels))
+    return registry
+
+
+def previous_success(path: Path, labels: dict[str, str]) -> float | None:
+    """The last success time an earlier attempt wrote to the file, for when the database
+    cannot be read now: the alert on it must keep counting from there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == LAST_SUCCESS and sample.labels == labels:
+                    return float(sample.value)
+    except ValueError:  # not the text format (any more): nothing to carry over
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where the metrics go: a file for the textfile collector, a Pushgateway, both or none."""
+
+    file: Path | None = None
+    pushgateway: str | None = None
+
+    def __post_init__(self) -> None:
+        # Checked before the sync starts, so that a typo is a usage error, not a lost signal.
+        if self.file is not None and not self.file.parent.is_dir():
+            raise ConfigError(f"--metrics-file: no directory {str(self.file.parent)!r}")
+        if self.pushgateway is not None:
+            parts = urlsplit(self.pushgateway)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(
+                    f"--pushgateway: not an http(s) URL: {mask_text(self.pushgateway)!r}"
+                )
+
+    def __bool__(self) -> bool:
+        return self.file is not None or self.pushgateway is not None
+
+    def write(self, attempt: Attempt, engine: Engine | None) -> None:
+        """Write and push the attempt's metrics. A failure here is a warning: the sync's own
+        outcome decides the exit code, and a stale file raises the alert in time anyway."""
+        if not self:
+            return
+        stored = None
+        if engine is not None:
+            try:
+                stored = read_stored(engine, attempt.scope, attempt.mode)
+            except SQLAlchemyError as exc:
+                log.warning("metrics: cannot read sync_runs (%s)", type(exc).__name__)
+        snapshot = Snapshot.of(attempt, stored)
+        if self.file is not None:
+            self._write_file(self.file, snapshot)
+        if self.pushgateway is not None:
+            self._push(self.pushgateway, snapshot)
+
+    def _write_file(self, path: Path, snapshot: Snapshot) -> None:
+        from prometheus_client import write_to_textfile
+
+        labels = {"scope": snapshot.scope, "mode": snapshot.mode}
+        if snapshot.stored_jobs is None:  # the database could not be read
+            snapshot = replace(snapshot, last_success=previous_success(path, labels))
+        try:
+            # Written to a temporary file beside it and renamed: a reader never sees half.
+            write_to_textfile(str(path), registry_of(snapshot, labels))
+            os.chmod(path, 0o644)  # the node exporter usually runs as another user
+        except OSError as exc:
+            log.warning("metrics: cannot write %s: %s", path, exc.strerror or exc)
+
+    def _push(self, url: str, snapshot: Snapshot) -> None:
+        from prometheus_client import pushadd_to_gateway
+
+        # POST replaces only the metrics pushed, so a last success time this attempt could not
+        # read stays in the group as it was; scope and mode each get a group of their own.
+        try:
+            pushadd_to_gateway(
+                url,
+                job=PUSH_JOB,
+                registry=registry_of(snapshot, {}),
+                grouping_key={"scope": snapshot.scope, "mode": snapshot.mode},
+                timeout=PUSH_TIMEOUT_S,
+            )
+        except OSError as exc:  # URLError and HTTPError included
+            log.warning("metrics: cannot push to %s: %s", mask_text(url), exc)
