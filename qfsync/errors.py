@@ -14,6 +14,7 @@ class QfsyncError(Exception):
     """A failure with a one-line explanation for the operator."""
 
     exit_code = EXIT_FAILED
+    run_id: int | None = None  # the sync_runs row the failure was recorded in, if any
 
 
 class ConfigError(QfsyncError):

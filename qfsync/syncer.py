@@ -6,6 +6,7 @@ after the run row exists marks it `failed` with the reason and leaves committed 
 the next full sync of the scope resumes at the marker the last committed page recorded.
 """
 
+import contextvars
 import logging
 import queue
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import runs, store
+from . import logs, runs, store
 from .client import Client, JobQuery, walk
 from .db import describe, mask
 from .errors import ApiError, DatabaseError, Interrupted, QfsyncError, SyncLocked
@@ -72,6 +73,24 @@ class SyncResult:
         return {key: value for key, value in asdict(self).items() if key != "notes"}
 
 
+def log_page(number: int, page: Page, counts: Counts) -> None:
+    """The --verbose line of a committed page."""
+    log.debug(
+        "page %d: %d jobs, %d inserted, %d updated, %d unchanged",
+        number,
+        len(page.jobs),
+        counts.inserted,
+        counts.updated,
+        counts.unchanged,
+        extra={
+            "page": number,
+            "marker": page.marker,
+            "next_marker": page.next_marker,
+            "request_id": page.request_id,
+        },
+    )
+
+
 def newest_first(jobs: list[Job], after: datetime | None = None) -> bool:
     """True when creation times never increase along the page (and from `after` on)."""
     times = [job.created_at for job in jobs if job.created_at is not None]
@@ -103,7 +122,10 @@ def prefetched(pages: Iterator[Page], halt: threading.Event) -> Iterator[Page]:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             put(exc)
 
-    producer = threading.Thread(target=produce, name="qfsync-fetch", daemon=True)
+    # In the caller's context, so that the fetch thread's log lines name the run too.
+    producer = threading.Thread(
+        target=contextvars.copy_context().run, args=(produce,), name="qfsync-fetch", daemon=True
+    )
     producer.start()
     try:
         while True:
@@ -144,6 +166,7 @@ class Sync:
         self.progress = progress or (lambda result: None)
         self.scope = Scope(query.train_mode, query.model)
         self.notes: list[str] = []
+        self.result: SyncResult | None = None  # as far as it got, also after a failure
         self._notify = notify or (lambda message: None)
 
     def note(self, message: str) -> None:
@@ -188,9 +211,10 @@ class Sync:
             run_id, started_at = runs.start(
                 connection, self.scope, mode, self.query.page_size, resume
             )
-        result = SyncResult(
+        result = self.result = SyncResult(
             run_id, runs.RUNNING, mode, resumed_from=resume.run_id if resume else None
         )
+        logs.run_id.set(run_id)
         if resume:
             self.note(f"resuming the walk of run {resume.run_id} at marker {resume.marker}")
         requests_before = self.client.requests_made
@@ -250,6 +274,7 @@ class Sync:
             if finish is not None:
                 finish(connection)
         result.add(len(page.jobs), counts)
+        log_page(result.pages, page, counts)
         self.progress(result)
         if self.stop.reason is not None:
             raise self.stop.reason

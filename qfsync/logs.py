@@ -1,0 +1,70 @@
+"""Log lines for people, or one JSON object a line for Loki or Elasticsearch.
+
+qfsync's modules log through `logging` with their facts in `extra=` (page, marker, request_id,
+attempt, delay_s, error, ...); the run id comes from a context variable that the sync sets, so
+the client's retry lines carry it too. Only the command line configures logging (`configure`):
+used as a library, qfsync leaves the application's logging as it found it.
+"""
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+FORMATS = ("text", "json")
+FORMAT_ENV = "QFSYNC_LOG_FORMAT"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# The run whose work is being logged; set once the run's row exists.
+run_id: ContextVar[int | None] = ContextVar("qfsync_run_id", default=None)
+
+# Attributes every LogRecord has: whatever else a record carries came in through `extra=`.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class RunContext(logging.Filter):
+    """Adds the current run id to each record that does not name one itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "run_id", None) is None:
+            record.run_id = run_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, then the record's facts."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(
+            (key, value)
+            for key, value in vars(record).items()
+            if key not in _RECORD_ATTRIBUTES and value is not None
+        )
+        if record.exc_info and record.exc_info[1] is not None:
+            entry.setdefault("error", str(record.exc_info[1]))
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure(log_format: str, verbose: bool) -> None:
+    """Log to stderr in the chosen format. Text shows warnings (all with --verbose), as before;
+    JSON also shows the run's notes and retries, so that the log alone tells what happened."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RunContext())
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+        level = logging.DEBUG if verbose else logging.INFO
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        level = logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(level=level, handlers=[handler])
+    # urllib3's DEBUG lines add nothing qfsync does not log itself.
+    logging.getLogger("urllib3").setLevel(logging.INFO)
