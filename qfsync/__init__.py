@@ -1,8 +1,31 @@
-"""qfsync: keep a SQL database in step with Baidu Qianfan fine-tuning jobs."""
+"""qfsync: keep a SQL database in step with Baidu Qianfan fine-tuning jobs.
+
+`qfsync.sync(...)` runs a sync and `qfsync.jobs(...)` walks the API, as the command line does
+(see `qfsync.api`). They are loaded on first use, so that `import qfsync` and the commands that
+need neither stay light.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("qfsync")
 except PackageNotFoundError:  # running from a checkout that was never installed
     __version__ = "0.0.0"
+
+if TYPE_CHECKING:
+    from .api import Job, StopFlag, SyncResult, jobs, sync
+
+__all__ = ["Job", "StopFlag", "SyncResult", "__version__", "jobs", "sync"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'qfsync' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -13,25 +13,36 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from . import __version__, db, report, runs
-from .client import (
-    DEFAULT_BASE_URL,
-    MAX_PAGE_SIZE,
-    Client,
-    Credentials,
-    JobQuery,
-    RetryPolicy,
-    walk,
-)
-from .errors import EXIT_SIGINT, EXIT_SIGTERM, ConfigError, Interrupted, QfsyncError
+from . import __version__, api, db, logs, report, runs
+from .client import DEFAULT_BASE_URL, MAX_PAGE_SIZE, RetryPolicy
+from .errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted, QfsyncError
 from .fake_api import DEFAULT_SEED, DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
-from .syncer import StopFlag, Sync, SyncResult
+from .syncer import StopFlag, SyncResult
 
 log = logging.getLogger("qfsync")
 
 
-def fail(message: str, exit_code: int) -> None:
-    click.echo(f"qfsync: {message}", err=True)
+def json_logs() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.find_root().meta.get("qfsync.log_format") == "json"
+
+
+def say(message: str) -> None:
+    """A line for the operator on stderr: plain text, or a JSON log line with --log-format json."""
+    if json_logs():
+        log.info(message)
+    else:
+        click.echo(f"qfsync: {message}", err=True)
+
+
+def fail(message: str, exit_code: int, exc: BaseException | None = None) -> None:
+    if json_logs():
+        facts = {key: getattr(exc, key, None) for key in ("run_id", "request_id")}
+        if exc is not None:
+            facts["error"] = str(exc)
+        log.error(message, extra={"exit_code": exit_code, **facts})
+    else:
+        click.echo(f"qfsync: {message}", err=True)
     sys.exit(exit_code)
 
 
@@ -43,13 +54,19 @@ class Group(click.Group):
             return super().invoke(ctx)
         except QfsyncError as exc:
             log.debug("failure detail", exc_info=True)
-            fail(f"error: {exc}", exc.exit_code)
+            fail(f"error: {exc}", exc.exit_code, exc)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug: say so briefly, with the way to see more
-            if log.isEnabledFor(logging.DEBUG):
+            if json_logs():
+                log.debug("internal error", exc_info=True)
+            elif log.isEnabledFor(logging.DEBUG):
                 traceback.print_exc()
-            fail(f"internal error: {type(exc).__name__}: {exc} (run with --verbose for details)", 1)
+            fail(
+                f"internal error: {type(exc).__name__}: {exc} (run with --verbose for details)",
+                1,
+                exc,
+            )
 
 
 @click.group(
@@ -59,16 +76,21 @@ class Group(click.Group):
 @click.option(
     "-v", "--verbose", is_flag=True, help="Log retries, pages and error details to stderr."
 )
-def main(verbose: bool) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="text",
+    show_default=True,
+    envvar=logs.FORMAT_ENV,
+    show_envvar=True,
+    help="json: every line on stderr is one JSON object (time, level, message, run_id, page, "
+    "marker, request_id, attempt, delay_s, error, ...), and notes and retries are logged.",
+)
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, log_format: str) -> None:
     """Keep a SQL database in step with Baidu Qianfan fine-tuning jobs."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if verbose:
-        # urllib3's DEBUG lines add nothing qfsync does not log itself.
-        logging.getLogger("urllib3").setLevel(logging.INFO)
+    ctx.meta["qfsync.log_format"] = log_format
+    logs.configure(log_format, verbose)
 
 
 def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -76,7 +98,7 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
             "--endpoint",
-            envvar="QIANFAN_CONSOLE_API_BASE_URL",
+            envvar=api.ENV["endpoint"],
             show_envvar=True,
             default=DEFAULT_BASE_URL,
             show_default=True,
@@ -84,13 +106,13 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--access-key",
-            envvar="QIANFAN_ACCESS_KEY",
+            envvar=api.ENV["access_key"],
             show_envvar=True,
             help="IAM access key (AK).",
         ),
         click.option(
             "--secret-key",
-            envvar="QIANFAN_SECRET_KEY",
+            envvar=api.ENV["secret_key"],
             show_envvar=True,
             help="IAM secret key (SK); prefer the environment variable.",
         ),
@@ -130,28 +152,6 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def make_client(
-    endpoint: str,
-    access_key: str | None,
-    secret_key: str | None,
-    max_attempts: int,
-    max_retry_wait: float,
-    timeout: float,
-) -> Client:
-    if not access_key or not secret_key:
-        raise ConfigError("no credentials: set QIANFAN_ACCESS_KEY and QIANFAN_SECRET_KEY")
-    try:
-        return Client(
-            Credentials(access_key, secret_key),
-            endpoint,
-            RetryPolicy(
-                max_attempts=max_attempts, max_wait_s=max_retry_wait, read_timeout_s=timeout
-            ),
-        )
-    except ValueError as exc:
-        raise ConfigError(f"--endpoint: {exc}") from None
-
-
 def json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -166,23 +166,23 @@ def dumps(value: Any) -> str:
 @api_options
 @click.option("--reverse", is_flag=True, help="Newest first (pageReverse).")
 def jobs(
-    train_mode: str | None, model: str | None, page_size: int, reverse: bool, **api: Any
+    train_mode: str | None, model: str | None, page_size: int, reverse: bool, **options: Any
 ) -> None:
     """Print every job the API lists, one JSON object a line, without touching a database.
 
     The quickest check of credentials and filters, and a preview of what a sync would store.
     """
-    query = JobQuery(train_mode, model, page_size, reverse)
-    with make_client(**api) as client:
-        write = sys.stdout.write
-        for page in walk(client, query):
-            write("".join(dumps(job.to_json()) + "\n" for job in page.jobs))
+    write = sys.stdout.write
+    for job in api.jobs(
+        train_mode=train_mode, model=model, page_size=page_size, reverse=reverse, **options
+    ):
+        write(dumps(job.to_json()) + "\n")
 
 
 def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--database-url",
-        envvar="QFSYNC_DATABASE_URL",
+        envvar=api.ENV["database_url"],
         show_envvar=True,
         default=db.DEFAULT_URL,
         show_default=True,
@@ -208,7 +208,7 @@ def install_signal_handlers(stop: StopFlag) -> None:
 
 
 def progress_printer() -> Callable[[SyncResult], None]:
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() or json_logs():
         return lambda result: None
 
     def show(result: SyncResult) -> None:
@@ -246,42 +246,39 @@ def progress_printer() -> Callable[[SyncResult], None]:
     help="Refuse to run on an outdated schema instead of upgrading it.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result as one JSON object.")
+@click.option(
+    "--metrics-file",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the run's Prometheus metrics to this file (atomically, also on failure), e.g. "
+    "in the node exporter's textfile directory as qfsync-full.prom; one file per scope and mode.",
+)
+@click.option(
+    "--pushgateway",
+    metavar="URL",
+    help="Push the run's Prometheus metrics to this Pushgateway (job qfsync, grouped by scope "
+    "and mode), also on failure.",
+)
 def sync(
-    database_url: str,
-    train_mode: str | None,
-    model: str | None,
-    page_size: int,
-    incremental: bool,
-    restart: bool,
+    as_json: bool,
     wait_s: float,
     no_migrate: bool,
-    as_json: bool,
-    **api: Any,
+    **options: Any,
 ) -> None:
     """Walk every page of the API and upsert each job, recording the run in sync_runs."""
-    engine = open_db(database_url)
-    upgraded = db.ensure_schema(engine, migrate=not no_migrate)
-    if upgraded:
-        click.echo(f"qfsync: {upgraded}", err=True)
     stop = StopFlag()
     install_signal_handlers(stop)
-    query = JobQuery(train_mode, model, page_size)
-    with make_client(**api) as client:
-        try:
-            result = Sync(
-                engine,
-                client,
-                query,
-                incremental=incremental,
-                restart=restart,
-                wait_s=wait_s,
-                stop=stop,
-                progress=progress_printer(),
-                notify=lambda message: click.echo(f"qfsync: {message}", err=True),
-            ).run()
-        finally:
-            if sys.stderr.isatty():
-                click.echo("", err=True)
+    try:
+        result = api.sync(
+            **options,
+            wait=wait_s,
+            migrate=not no_migrate,
+            stop=stop,
+            progress=progress_printer(),
+            notify=None if json_logs() else say,
+        )
+    finally:
+        if sys.stderr.isatty() and not json_logs():
+            click.echo("", err=True)
     if as_json:
         click.echo(dumps(result.to_json()))
     else:

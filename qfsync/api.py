@@ -1,0 +1,197 @@
+"""qfsync as a library: `sync` runs one sync as `qfsync sync` does, `jobs` walks the API as
+`qfsync jobs` does. The command line is a thin layer over these two.
+
+Both take the command's options as keyword arguments (`--no-migrate` is `migrate=False`);
+credentials, endpoint and database URL fall back to the same environment variables. Failures
+raise the exceptions of `qfsync.errors`, which the command turns into its exit codes. Used as a
+library, qfsync installs no signal handler and leaves logging to the application; its loggers
+are named `qfsync.*`.
+"""
+
+import contextvars
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from . import db, runs
+from .client import (
+    DEFAULT_BASE_URL,
+    MAX_PAGE_SIZE,
+    Client,
+    Credentials,
+    JobQuery,
+    RetryPolicy,
+    walk,
+)
+from .errors import ConfigError, QfsyncError
+from .metrics import Attempt, Outputs
+from .pages import Job
+from .store import Scope
+from .syncer import StopFlag, Sync, SyncResult
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+# Where the command line and the library read the settings users keep in the environment.
+ENV = {
+    "database_url": "QFSYNC_DATABASE_URL",
+    "endpoint": "QIANFAN_CONSOLE_API_BASE_URL",
+    "access_key": "QIANFAN_ACCESS_KEY",
+    "secret_key": "QIANFAN_SECRET_KEY",
+}
+
+
+def setting(name: str, value: str | None, default: str | None = None) -> str | None:
+    """The argument if given, else its environment variable, else the default."""
+    return value if value is not None else os.environ.get(ENV[name], default)
+
+
+def make_client(
+    endpoint: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    max_attempts: int = RetryPolicy.max_attempts,
+    max_retry_wait: float = RetryPolicy.max_wait_s,
+    timeout: float = RetryPolicy.read_timeout_s,
+) -> Client:
+    access_key = setting("access_key", access_key)
+    secret_key = setting("secret_key", secret_key)
+    if not access_key or not secret_key:
+        raise ConfigError("no credentials: set QIANFAN_ACCESS_KEY and QIANFAN_SECRET_KEY")
+    if max_attempts < 1 or max_retry_wait < 0 or timeout <= 0:
+        raise ConfigError("max_attempts must be at least 1, max_retry_wait and timeout positive")
+    try:
+        return Client(
+            Credentials(access_key, secret_key),
+            setting("endpoint", endpoint, DEFAULT_BASE_URL) or DEFAULT_BASE_URL,
+            RetryPolicy(
+                max_attempts=max_attempts, max_wait_s=max_retry_wait, read_timeout_s=timeout
+            ),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--endpoint: {exc}") from None
+
+
+def job_query(
+    train_mode: str | None, model: str | None, page_size: int, reverse: bool = False
+) -> JobQuery:
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ConfigError(f"page_size must be 1 to {MAX_PAGE_SIZE}, not {page_size}")
+    return JobQuery(train_mode, model, page_size, reverse)
+
+
+def jobs(
+    *,
+    endpoint: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    train_mode: str | None = None,
+    model: str | None = None,
+    page_size: int = MAX_PAGE_SIZE,
+    reverse: bool = False,
+    max_attempts: int = RetryPolicy.max_attempts,
+    max_retry_wait: float = RetryPolicy.max_wait_s,
+    timeout: float = RetryPolicy.read_timeout_s,
+) -> Iterator[Job]:
+    """Every job the API lists, in its order (newest first with `reverse`), without touching a
+    database. Settings are checked at once; requests start with the first job asked for."""
+    query = job_query(train_mode, model, page_size, reverse)
+    client = make_client(endpoint, access_key, secret_key, max_attempts, max_retry_wait, timeout)
+
+    def generate() -> Iterator[Job]:
+        with client:
+            for number, page in enumerate(walk(client, query), 1):
+                log.debug(
+                    "page %d: %d jobs",
+                    number,
+                    len(page.jobs),
+                    extra={"page": number, "marker": page.marker, "request_id": page.request_id},
+                )
+                yield from page.jobs
+
+    return generate()
+
+
+def sync(
+    database_url: str | None = None,
+    *,
+    endpoint: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    train_mode: str | None = None,
+    model: str | None = None,
+    page_size: int = MAX_PAGE_SIZE,
+    max_attempts: int = RetryPolicy.max_attempts,
+    max_retry_wait: float = RetryPolicy.max_wait_s,
+    timeout: float = RetryPolicy.read_timeout_s,
+    incremental: bool = False,
+    restart: bool = False,
+    wait: float = 0.0,
+    migrate: bool = True,
+    metrics_file: str | os.PathLike[str] | None = None,
+    pushgateway: str | None = None,
+    stop: StopFlag | None = None,
+    progress: Callable[[SyncResult], None] | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> SyncResult:
+    """Sync the jobs into the database (creating or upgrading its tables unless `migrate` is
+    false) and return the run's result with its counts; write or push its metrics, also when
+    it fails. `stop.request(...)` from another thread ends it at the next page boundary;
+    `progress` gets the result after each page, `notify` each note for the operator."""
+    query = job_query(train_mode, model, page_size)
+    outputs = Outputs(Path(metrics_file) if metrics_file else None, pushgateway)
+    attempt = Attempt(Scope(train_mode, model), runs.INCREMENTAL if incremental else runs.FULL)
+    url = setting("database_url", database_url, db.DEFAULT_URL) or db.DEFAULT_URL
+
+    def run() -> SyncResult:
+        engine = None
+        try:
+            client = attempt.client = make_client(
+                endpoint, access_key, secret_key, max_attempts, max_retry_wait, timeout
+            )
+            with client:
+                engine = db.connect(url)
+                upgraded = db.ensure_schema(engine, migrate=migrate)
+                if upgraded:
+                    log.info(upgraded)
+                    if notify is not None:
+                        notify(upgraded)
+                attempt.sync = Sync(
+                    engine,
+                    client,
+                    query,
+                    incremental=incremental,
+                    restart=restart,
+                    wait_s=wait,
+                    stop=stop,
+                    progress=progress,
+                    notify=notify,
+                )
+                result = attempt.sync.run()
+            log.info(
+                "run %d %s (%s): %d pages, %d jobs seen in %.1fs",
+                result.run_id,
+                result.status,
+                result.mode,
+                result.pages,
+                result.jobs_seen,
+                result.duration_s,
+                extra=result.to_json(),
+            )
+            return result
+        except BaseException as exc:
+            attempt.error = exc
+            if isinstance(exc, QfsyncError) and attempt.sync and attempt.sync.result:
+                exc.run_id = attempt.sync.result.run_id
+            raise
+        finally:
+            outputs.write(attempt, engine)
+            if engine is not None:
+                engine.dispose()
+
+    # A context of its own: the run id the sync sets for its log lines ends with it.
+    return contextvars.copy_context().run(run)
+
+
+__all__ = ["Job", "StopFlag", "SyncResult", "jobs", "sync"]
