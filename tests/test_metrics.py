@@ -1,0 +1,253 @@
+"""Metrics of a sync: the file holds the run's values, a failure keeps the last success time,
+retries are counted by reason, and the shipped alert rules use the names qfsync writes."""
+
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import FAST_RETRY
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
+
+import qfsync
+from qfsync import db, runs
+from qfsync.cli import main
+from qfsync.client import RETRY_REASONS, Client, Credentials, JobQuery, walk
+from qfsync.errors import DatabaseError, RetriesExhausted, SyncLocked
+from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Faults
+from qfsync.lock import sync_lock
+from qfsync.schema import sync_runs
+from qfsync.store import Scope
+
+ALERTS = Path(__file__).resolve().parent.parent / "monitoring" / "alerts.yml"
+ALL = Scope().key
+
+
+def credentials(api) -> dict[str, str]:
+    return {"endpoint": api.url, "access_key": DEMO_ACCESS_KEY, "secret_key": DEMO_SECRET_KEY}
+
+
+def read(path: Path) -> dict[str, dict]:
+    """Metric families by name: {'help': ..., 'type': ..., 'samples': {labels: value}}."""
+    families = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        samples = {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+        families[family.name] = {
+            "help": family.documentation,
+            "type": family.type,
+            "samples": samples,
+        }
+    return families
+
+
+def value(families: dict, name: str, mode: str = "full", scope: str = ALL, **labels: str):
+    key = tuple(sorted({"scope": scope, "mode": mode, **labels}.items()))
+    return families[name]["samples"][key]
+
+
+def finished_at(url: str, run_id: int) -> float:
+    engine = db.connect(url)
+    try:
+        with engine.connect() as connection:
+            when = connection.scalar(
+                select(sync_runs.c.finished_at).where(sync_runs.c.id == run_id)
+            )
+    finally:
+        engine.dispose()
+    return when.timestamp()
+
+
+def test_file_holds_the_values_of_the_run(tmp_path, fake_api):
+    """After a sync the file has, labelled with scope and mode, the run's id, status, times,
+    counts and requests, the last success time from sync_runs and the table's jobs; every
+    metric is a gauge with help text."""
+    api = fake_api(321)
+    url, path = f"sqlite:///{tmp_path / 'q.db'}", tmp_path / "qfsync.prom"
+    result = qfsync.sync(url, metrics_file=path, **credentials(api))
+    found = read(path)
+    assert all(f["type"] == "gauge" and f["help"] for f in found.values())
+    for name in runs.COUNTS:
+        assert value(found, f"qfsync_last_run_{name}") == getattr(result, name)
+    assert value(found, "qfsync_last_run_id") == result.run_id
+    assert value(found, "qfsync_last_run_success") == 1
+    assert value(found, "qfsync_last_run_exit_code") == 0
+    assert value(found, "qfsync_last_run_api_requests") == result.requests == api.request_count
+    assert value(found, "qfsync_last_success_timestamp_seconds") == pytest.approx(
+        finished_at(url, result.run_id), abs=1e-3
+    )
+    start = value(found, "qfsync_last_run_start_timestamp_seconds")
+    end = value(found, "qfsync_last_run_end_timestamp_seconds")
+    assert value(found, "qfsync_last_run_duration_seconds") == pytest.approx(end - start, abs=2e-3)
+    assert start <= value(found, "qfsync_last_success_timestamp_seconds") <= end
+    assert value(found, "qfsync_stored_jobs", state="listed") == 321
+    assert value(found, "qfsync_stored_jobs", state="deleted") == 0
+    assert {dict(key)["reason"] for key in found["qfsync_last_run_api_retries"]["samples"]} == set(
+        RETRY_REASONS
+    )
+
+
+def test_counts_follow_the_run_counts_list():
+    """Each count of runs.COUNTS has its metric, whose help text is its column's comment, so a
+    count added to sync_runs is exported without touching the metrics code."""
+    from qfsync.metrics import Attempt, Snapshot, registry_of
+
+    snapshot = Snapshot.of(Attempt(Scope(), runs.FULL), None)
+    families = {family.name: family.documentation for family in registry_of(snapshot, {}).collect()}
+    for name in runs.COUNTS:
+        assert sync_runs.c[name].comment in families[f"qfsync_last_run_{name}"]
+
+
+def test_failure_keeps_the_last_success_time(database_url, tmp_path, fake_api):
+    """A run that fails midway writes status 0, its exit code, its run id and the pages it
+    committed, and the previous run's success time, read back from sync_runs."""
+    api = fake_api(450)
+    path = tmp_path / "full.prom"
+    first = qfsync.sync(database_url, metrics_file=path, **credentials(api))
+    api.faults = Faults(fail_after_pages=2)
+    with pytest.raises(RetriesExhausted):
+        qfsync.sync(database_url, metrics_file=path, max_attempts=2, **credentials(api))
+    found = read(path)
+    assert value(found, "qfsync_last_run_success") == 0
+    assert value(found, "qfsync_last_run_exit_code") == 1
+    assert value(found, "qfsync_last_run_id") == first.run_id + 1
+    assert value(found, "qfsync_last_run_pages") == 2
+    assert value(found, "qfsync_last_run_api_retries", reason="server_error") == 1
+    assert value(found, "qfsync_last_success_timestamp_seconds") == pytest.approx(
+        finished_at(database_url, first.run_id), abs=1e-3
+    )
+
+
+def test_incremental_success_counts_full_syncs_too(tmp_path, fake_api):
+    """For mode incremental the last success is that of any sync of the scope (a full one
+    saw every new job too); for mode full, only full syncs count."""
+    api = fake_api(120)
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    full, incremental = tmp_path / "full.prom", tmp_path / "incremental.prom"
+    first = qfsync.sync(url, metrics_file=full, **credentials(api))
+    api.faults = Faults(fail_after_pages=0)
+    with pytest.raises(RetriesExhausted):
+        qfsync.sync(
+            url, incremental=True, metrics_file=incremental, max_attempts=1, **credentials(api)
+        )
+    found = read(incremental)
+    assert value(found, "qfsync_last_run_success", mode="incremental") == 0
+    assert value(found, "qfsync_last_success_timestamp_seconds", mode="incremental") == (
+        pytest.approx(finished_at(url, first.run_id), abs=1e-3)
+    )
+    api.faults = Faults()
+    second = qfsync.sync(url, incremental=True, metrics_file=incremental, **credentials(api))
+    qfsync.sync(url, restart=True, metrics_file=full, train_mode="SFT", **credentials(api))
+    assert value(read(full), "qfsync_last_success_timestamp_seconds", scope="trainMode=SFT;model=*")
+    api.faults = Faults(fail_after_pages=0)
+    with pytest.raises(RetriesExhausted):
+        qfsync.sync(url, metrics_file=full, max_attempts=1, **credentials(api))
+    assert second.mode == "incremental"
+    assert value(read(full), "qfsync_last_success_timestamp_seconds") == pytest.approx(
+        finished_at(url, first.run_id), abs=1e-3
+    )
+
+
+def test_lock_held_is_a_failure_without_a_run(tmp_path, fake_api):
+    """A sync that finds its scope locked writes exit code 3 and run id 0, and still the last
+    success time from the database."""
+    api = fake_api(50)
+    url, path = f"sqlite:///{tmp_path / 'q.db'}", tmp_path / "qfsync.prom"
+    first = qfsync.sync(url, metrics_file=path, **credentials(api))
+    engine = db.connect(url)
+    try:
+        with sync_lock(engine, ALL), pytest.raises(SyncLocked):
+            qfsync.sync(url, metrics_file=path, **credentials(api))
+    finally:
+        engine.dispose()
+    found = read(path)
+    assert value(found, "qfsync_last_run_exit_code") == 3
+    assert value(found, "qfsync_last_run_id") == 0
+    assert value(found, "qfsync_last_run_pages") == 0
+    assert value(found, "qfsync_last_success_timestamp_seconds") == pytest.approx(
+        finished_at(url, first.run_id), abs=1e-3
+    )
+
+
+def test_unreachable_database_keeps_the_success_time_of_the_file(tmp_path, fake_api, caplog):
+    """When the database cannot be reached, the file still says the attempt failed, and keeps
+    the last success time it held; the job counts it cannot know are left out."""
+    api = fake_api(50)
+    path = tmp_path / "qfsync.prom"
+    qfsync.sync(f"sqlite:///{tmp_path / 'q.db'}", metrics_file=path, **credentials(api))
+    before = value(read(path), "qfsync_last_success_timestamp_seconds")
+    with pytest.raises(DatabaseError, match="cannot connect"):
+        qfsync.sync("postgresql://nobody:pw@127.0.0.1:1/x", metrics_file=path, **credentials(api))
+    found = read(path)
+    assert value(found, "qfsync_last_run_success") == 0
+    assert value(found, "qfsync_last_success_timestamp_seconds") == before
+    assert "qfsync_stored_jobs" not in found
+
+
+@pytest.mark.parametrize(
+    ("faults", "reason"),
+    [
+        (Faults(throttle_rate=0.3, retry_after_s=0), "throttled"),
+        (Faults(error_rate=0.3), "server_error"),
+        (Faults(busy_rate=0.3), "server_error"),
+        (Faults(drop_rate=0.3), "connection"),
+        (Faults(malformed_rate=0.3), "malformed"),
+    ],
+    ids=["429", "500", "336100", "drop", "malformed"],
+)
+def test_client_counts_retries_by_reason(fake_api, faults, reason):
+    """Every retried request is counted once under its reason, and the waits add up to the
+    time the client slept."""
+    api = fake_api(1000, faults)
+    slept: list[float] = []
+    with Client(
+        Credentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY), api.url, FAST_RETRY, slept.append
+    ) as client:
+        pages = sum(1 for _ in walk(client, JobQuery()))
+    retried = api.request_count - pages
+    assert retried > 0
+    assert client.stats.retries == {reason: retried}
+    assert client.stats.waited_s == pytest.approx(sum(slept))
+
+
+def test_push_failure_is_a_warning(tmp_path, fake_api, caplog):
+    """A Pushgateway that cannot be reached costs a warning; the sync still succeeds."""
+    api = fake_api(20)
+    caplog.set_level(logging.WARNING)
+    result = qfsync.sync(
+        f"sqlite:///{tmp_path / 'q.db'}",
+        pushgateway="http://nobody:hunter2@127.0.0.1:1",
+        **credentials(api),
+    )
+    assert result.status == "succeeded"
+    assert "metrics: cannot push to http://nobody:***@127.0.0.1:1" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--metrics-file", "/nonexistent/dir/q.prom"], "--metrics-file: no directory"),
+        (["--pushgateway", "pushgateway:9091"], "--pushgateway: not an http(s) URL"),
+    ],
+)
+def test_bad_metrics_destination_is_a_usage_error(tmp_path, fake_api, api_env, args, message):
+    """A metrics destination that cannot work is exit 2 and one line, before any request."""
+    api = fake_api(20)
+    api_env(api)
+    done = CliRunner().invoke(
+        main, ["sync", "--database-url", f"sqlite:///{tmp_path / 'q.db'}", *args]
+    )
+    assert done.exit_code == 2
+    assert done.stderr.count("\n") == 1 and message in done.stderr
+    assert api.request_count == 0
+
+
+def test_alert_rules_use_the_metrics_qfsync_writes(tmp_path, fake_api):
+    """Every qfsync metric the shipped alert rules name is one that a sync writes."""
+    api = fake_api(20)
+    path = tmp_path / "qfsync.prom"
+    qfsync.sync(f"sqlite:///{tmp_path / 'q.db'}", metrics_file=path, **credentials(api))
+    named = set(re.findall(r"\bqfsync_[a-z_]+", ALERTS.read_text()))
+    assert named and named <= set(read(path))
