@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -75,12 +77,11 @@ def start_container(dialect: str, request: pytest.FixtureRequest) -> str:
 SERVERS = pytest.StashKey[dict[str, str]]()
 
 
-@pytest.fixture(params=DIALECTS)
-def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """A fresh, empty database (a schema on PostgreSQL) per test, dropped afterwards."""
-    dialect = request.param
+@contextmanager
+def fresh_database(dialect: str, request: pytest.FixtureRequest, directory: Path) -> Iterator[str]:
+    """A fresh, empty database (a schema on PostgreSQL), dropped afterwards."""
     if dialect == "sqlite":
-        yield f"sqlite:///{tmp_path / 'qfsync.db'}"
+        yield f"sqlite:///{directory / f'qfsync_{uuid.uuid4().hex[:8]}.db'}"
         return
     base = db.parse_url(server_url(dialect, request))
     name = f"qfsync_t_{uuid.uuid4().hex[:12]}"
@@ -101,6 +102,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
             cascade = " CASCADE" if dialect == "postgresql" else ""
             connection.execute(text(f"DROP {kind} IF EXISTS {name}{cascade}"))
         admin.dispose()
+
+
+@pytest.fixture(params=DIALECTS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database per test, on each dialect."""
+    with fresh_database(request.param, request, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def other_database_url(
+    database_url: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[str]:
+    """A second fresh database on the same dialect as `database_url`."""
+    dialect = make_url(database_url).get_backend_name()
+    with fresh_database(dialect, request, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
