@@ -163,7 +163,7 @@ OPTION_ENVVARS = {
 API_ENVVARS = {"QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_KEY", "QIANFAN_CONSOLE_API_BASE_URL"}
 # What each documented command must show at least; a command added later is checked by its options.
 EXPECTED_ENVVARS: dict[tuple[str, ...], set[str]] = {
-    (): set(),
+    (): {"QFSYNC_LOG_FORMAT"},
     ("jobs",): API_ENVVARS,
     ("sync",): API_ENVVARS | {"QFSYNC_DATABASE_URL"},
     ("runs",): {"QFSYNC_DATABASE_URL"},

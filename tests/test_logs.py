@@ -1,0 +1,135 @@
+"""Logs in a real process: with --log-format json every line on stderr is one JSON object with
+the run's facts; --verbose adds a line per page; secrets appear in neither format."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Faults
+
+WRONG_SECRET = "wrong-secret-Qm4xT7"
+DB_PASSWORD = "db-password-Zr8wK2"
+# What must never appear: both secret keys, any Authorization header value, the DB password.
+SECRETS = (DEMO_SECRET_KEY, WRONG_SECRET, "bce-auth-v1", DB_PASSWORD)
+
+
+def qfsync(*args: str, api, secret: str = DEMO_SECRET_KEY, **env: str):
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("QFSYNC_", "QIANFAN_"))
+    }
+    environment |= {
+        "QIANFAN_CONSOLE_API_BASE_URL": api.url,
+        "QIANFAN_ACCESS_KEY": DEMO_ACCESS_KEY,
+        "QIANFAN_SECRET_KEY": secret,
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "qfsync", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def json_lines(stderr: str) -> list[dict]:
+    """Each line parsed on its own; a line that is not one JSON object fails the test."""
+    entries = []
+    for line in stderr.splitlines():
+        entry = json.loads(line)
+        assert isinstance(entry, dict) and {"time", "level", "message"} <= entry.keys(), line
+        entries.append(entry)
+    return entries
+
+
+def with_password(url: str) -> str:
+    """The URL with a password; the test server trusts loopback, so it is sent and ignored."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return url
+    return parsed.set(password=DB_PASSWORD).render_as_string(hide_password=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_json_logs_are_one_object_a_line_without_secrets(database_url, fake_api):
+    """A sync with retries, one rejected by the API and one whose database is unreachable:
+    every line on stderr is a JSON object; page lines carry page, marker, request id and run
+    id, retry lines attempt, delay and error, failures the error and exit code; no secret
+    appears anywhere in the output."""
+    api = fake_api(640, Faults(throttle_rate=0.3, retry_after_s=0))
+    url = with_password(database_url)
+    outputs = []
+
+    synced = qfsync(
+        "--log-format", "json", "--verbose", "sync", "--json", "--database-url", url, api=api
+    )
+    outputs.append(synced)
+    assert synced.returncode == 0, synced.stderr
+    run = json.loads(synced.stdout)
+    entries = json_lines(synced.stderr)
+    pages = [e for e in entries if e["logger"] == "qfsync.syncer" and "page" in e]
+    assert [e["page"] for e in pages] == list(range(1, run["pages"] + 1))
+    assert all(e["run_id"] == run["run_id"] and e["request_id"] for e in pages)
+    assert all("marker" in e for e in pages[1:])
+    retries = [e for e in entries if "attempt" in e]
+    assert retries and all(
+        {"delay_s", "error", "run_id"} <= e.keys() and e["level"] == "info" for e in retries
+    )
+    assert len(retries) == api.request_count - run["pages"]
+
+    rejected = qfsync(
+        "--log-format", "json", "sync", "--database-url", url, api=api, secret=WRONG_SECRET
+    )
+    outputs.append(rejected)
+    [error] = json_lines(rejected.stderr)
+    assert rejected.returncode == error["exit_code"] == 1
+    assert error["level"] == "error" and "SignatureDoesNotMatch" in error["error"]
+    assert error["run_id"] == run["run_id"] + 1 and error["request_id"]
+
+    unreachable = f"postgresql://qfsync:{DB_PASSWORD}@127.0.0.1:1/nowhere"
+    offline = qfsync(
+        "--verbose", "sync", "--database-url", unreachable, api=api, QFSYNC_LOG_FORMAT="json"
+    )
+    outputs.append(offline)
+    entries = json_lines(offline.stderr)
+    assert entries[-1]["level"] == "error" and "cannot connect" in entries[-1]["error"]
+    assert "***" in entries[-1]["error"]
+
+    for done in outputs:
+        for secret in SECRETS:
+            assert secret not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_default_logs_stay_human_readable(tmp_path, fake_api):
+    """Without --log-format the error is one plain line; --verbose adds a plain line per page
+    for sync and jobs alike; no secret appears."""
+    api = fake_api(250)
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    synced = qfsync("--verbose", "sync", "--database-url", url, api=api)
+    assert synced.returncode == 0, synced.stderr
+    assert not any(line.startswith("{") for line in synced.stderr.splitlines())
+    pages = [line for line in synced.stderr.splitlines() if " DEBUG qfsync.syncer: page " in line]
+    assert [line.split(": ")[1] for line in pages] == ["page 1", "page 2", "page 3"]
+
+    listed = qfsync("--verbose", "jobs", "--page-size", "50", api=api)
+    assert listed.stdout.count("\n") == 250
+    assert listed.stderr.count(" DEBUG qfsync.api: page ") == 5
+
+    rejected = qfsync("--verbose", "sync", "--database-url", url, api=api, secret=WRONG_SECRET)
+    assert rejected.returncode == 1
+    assert rejected.stderr.splitlines()[-1].startswith(
+        "qfsync: error: API error SignatureDoesNotMatch"
+    )
+    quiet = qfsync("sync", "--database-url", url, api=api, secret=WRONG_SECRET)
+    assert quiet.stderr.count("\n") == 1 and quiet.stderr.startswith("qfsync: error: ")
+    for done in (synced, listed, rejected, quiet):
+        for secret in SECRETS:
+            assert secret not in done.stdout + done.stderr
