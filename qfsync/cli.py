@@ -28,11 +28,8 @@ def json_logs() -> bool:
 
 
 def say(message: str) -> None:
-    """A line for the operator on stderr: plain text, or a JSON log line with --log-format json."""
-    if json_logs():
-        log.info(message)
-    else:
-        click.echo(f"qfsync: {message}", err=True)
+    """A note for the operator on stderr (with JSON logs, the library logs its notes itself)."""
+    click.echo(f"qfsync: {message}", err=True)
 
 
 def fail(message: str, exit_code: int, exc: BaseException | None = None) -> None:
@@ -234,7 +231,7 @@ def progress_printer() -> Callable[[SyncResult], None]:
 )
 @click.option(
     "--wait",
-    "wait_s",
+    "wait",
     type=click.FloatRange(0),
     default=0.0,
     show_default=True,
@@ -258,19 +255,13 @@ def progress_printer() -> Callable[[SyncResult], None]:
     help="Push the run's Prometheus metrics to this Pushgateway (job qfsync, grouped by scope "
     "and mode), also on failure.",
 )
-def sync(
-    as_json: bool,
-    wait_s: float,
-    no_migrate: bool,
-    **options: Any,
-) -> None:
+def sync(as_json: bool, no_migrate: bool, **options: Any) -> None:
     """Walk every page of the API and upsert each job, recording the run in sync_runs."""
     stop = StopFlag()
     install_signal_handlers(stop)
     try:
         result = api.sync(
             **options,
-            wait=wait_s,
             migrate=not no_migrate,
             stop=stop,
             progress=progress_printer(),

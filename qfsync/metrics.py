@@ -137,22 +137,33 @@ class SnapshotCollector:
     def __init__(self, snapshot: Snapshot, labels: dict[str, str]):
         self.snapshot, self.labels = snapshot, labels
 
-    def gauge(self, name: str, help_text: str, value: float, **extra: str) -> "Metric":
+    def gauge(self, name: str, help_text: str, value: float) -> "Metric":
         from prometheus_client.core import GaugeMetricFamily
 
-        family = GaugeMetricFamily(f"qfsync_{name}", help_text, labels=[*self.labels, *extra])
-        family.add_metric([*self.labels.values(), *extra.values()], value)
+        family = GaugeMetricFamily(f"qfsync_{name}", help_text, labels=list(self.labels))
+        family.add_metric(list(self.labels.values()), value)
+        return family
+
+    def gauges(self, name: str, help_text: str, label: str, values: dict[str, int]) -> "Metric":
+        """One gauge per value of `label`, in one family."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(f"qfsync_{name}", help_text, labels=[*self.labels, label])
+        for label_value, value in values.items():
+            family.add_metric([*self.labels.values(), label_value], value)
         return family
 
     def collect(self) -> Iterator["Metric"]:
-        from prometheus_client.core import GaugeMetricFamily
-
         s = self.snapshot
         yield self.gauge(
-            "last_run_start_timestamp_seconds", "When the last attempt started.", s.started_at
+            "last_run_start_timestamp_seconds",
+            "When the last attempt started (Unix time).",
+            s.started_at,
         )
         yield self.gauge(
-            "last_run_end_timestamp_seconds", "When the last attempt ended.", s.finished_at
+            "last_run_end_timestamp_seconds",
+            "When the last attempt ended (Unix time).",
+            s.finished_at,
         )
         yield self.gauge(
             "last_run_duration_seconds",
@@ -180,14 +191,12 @@ class SnapshotCollector:
             "Requests the last attempt sent to the console API, retries included.",
             s.requests,
         )
-        retries = GaugeMetricFamily(
-            "qfsync_last_run_api_retries",
+        yield self.gauges(
+            "last_run_api_retries",
             "Requests of the last attempt that failed and were retried, by reason.",
-            labels=[*self.labels, "reason"],
+            "reason",
+            s.retries,
         )
-        for reason, count in s.retries.items():
-            retries.add_metric([*self.labels.values(), reason], count)
-        yield retries
         yield self.gauge(
             "last_run_retry_wait_seconds",
             "Time the last attempt spent waiting before retries (backoff and Retry-After).",
@@ -196,20 +205,18 @@ class SnapshotCollector:
         if s.last_success is not None:
             yield self.gauge(
                 LAST_SUCCESS.removeprefix("qfsync_"),
-                "When the last successful sync of this scope and mode finished, from "
+                "When the last successful sync of this scope and mode finished (Unix time), from "
                 "sync_runs (for mode incremental, a full sync counts too).",
                 s.last_success,
             )
         if s.stored_jobs is not None:
-            jobs = GaugeMetricFamily(
-                "qfsync_stored_jobs",
+            yield self.gauges(
+                "stored_jobs",
                 "Jobs of this scope in finetuning_jobs: listed by the API now, or deleted "
                 "(missed by a complete walk).",
-                labels=[*self.labels, "state"],
+                "state",
+                s.stored_jobs,
             )
-            for state, count in s.stored_jobs.items():
-                jobs.add_metric([*self.labels.values(), state], count)
-            yield jobs
 
 
 def registry_of(snapshot: Snapshot, labels: dict[str, str]) -> Any:
