@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import db, runs
+from . import db, fits, runs
 from .client import (
     DEFAULT_BASE_URL,
     MAX_PAGE_SIZE,
@@ -25,8 +25,11 @@ from .client import (
     walk,
 )
 from .errors import ConfigError, QfsyncError
+from .guard import DEFAULT as DEFAULT_MAX_DELETE
+from .guard import DeleteLimit
 from .metrics import Attempt, Outputs
 from .pages import Job
+from .schema import sync_runs
 from .store import Scope
 from .syncer import StopFlag, Sync, SyncResult
 
@@ -81,6 +84,24 @@ def job_query(
     return JobQuery(train_mode, model, page_size, reverse)
 
 
+def sync_settings(query: JobQuery, max_delete: str | DeleteLimit) -> DeleteLimit:
+    """The checks a sync makes before it connects: filters its run row can record, and the
+    deletion limit; returns that limit."""
+    for option, value, column in (
+        ("--train-mode", query.train_mode, sync_runs.c.train_mode_filter),
+        ("--model", query.model, sync_runs.c.model_filter),
+    ):
+        why = fits.check_filter(option, value, column)
+        if why is not None:
+            raise ConfigError(why)
+    if isinstance(max_delete, DeleteLimit):
+        return max_delete
+    try:
+        return DeleteLimit.parse(max_delete)
+    except ValueError as exc:
+        raise ConfigError(f"--max-delete: {exc}") from None
+
+
 def jobs(
     *,
     endpoint: str | None = None,
@@ -129,17 +150,21 @@ def sync(
     restart: bool = False,
     wait: float = 0.0,
     migrate: bool = True,
+    max_delete: str | DeleteLimit = DEFAULT_MAX_DELETE,
     metrics_file: str | os.PathLike[str] | None = None,
     pushgateway: str | None = None,
     stop: StopFlag | None = None,
     progress: Callable[[SyncResult], None] | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> SyncResult:
-    """Sync the jobs into the database (creating or upgrading its tables unless `migrate` is
-    false) and return the run's result with its counts; write or push its metrics, also when
-    it fails. `stop.request(...)` from another thread ends it at the next page boundary;
-    `progress` gets the result after each page, `notify` each note for the operator."""
+    """Sync the jobs into the database (creating or upgrading its tables under the sync lock
+    unless `migrate` is false) and return the run's result with its counts; write or push its
+    metrics, also when it fails. `max_delete` (`200` jobs or `50%` of the scope's listed jobs)
+    bounds what a complete walk may mark deleted. `stop.request(...)` from another thread ends
+    it at the next page boundary; `progress` gets the result after each page, `notify` each
+    note for the operator."""
     query = job_query(train_mode, model, page_size)
+    limit = sync_settings(query, max_delete)
     outputs = Outputs(Path(metrics_file) if metrics_file else None, pushgateway)
     attempt = Attempt(Scope(train_mode, model), runs.INCREMENTAL if incremental else runs.FULL)
     url = setting("database_url", database_url, db.DEFAULT_URL) or db.DEFAULT_URL
@@ -152,11 +177,7 @@ def sync(
             )
             with client:
                 engine = db.connect(url)
-                upgraded = db.ensure_schema(engine, migrate=migrate)
-                if upgraded:
-                    log.info(upgraded)
-                    if notify is not None:
-                        notify(upgraded)
+                # Sync migrates the schema itself, under the lock.
                 attempt.sync = Sync(
                     engine,
                     client,
@@ -167,6 +188,8 @@ def sync(
                     stop=stop,
                     progress=progress,
                     notify=notify,
+                    migrate=migrate,
+                    max_delete=limit,
                 )
                 result = attempt.sync.run()
             log.info(

@@ -15,8 +15,10 @@ from sqlalchemy import Engine
 
 from . import __version__, api, db, logs, report, runs
 from .client import DEFAULT_BASE_URL, MAX_PAGE_SIZE, RetryPolicy
-from .errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted, QfsyncError
+from .errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted, QfsyncError, SyncLocked
 from .fake_api import DEFAULT_SEED, DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
+from .guard import DEFAULT as DEFAULT_MAX_DELETE
+from .lock import sync_lock
 from .syncer import StopFlag, SyncResult
 
 log = logging.getLogger("qfsync")
@@ -235,12 +237,22 @@ def progress_printer() -> Callable[[SyncResult], None]:
     type=click.FloatRange(0),
     default=0.0,
     show_default=True,
-    help="Seconds to wait for another sync of the same scope to finish.",
+    help="Seconds to wait for another sync of this database (of any scope) to finish.",
 )
 @click.option(
     "--no-migrate",
     is_flag=True,
     help="Refuse to run on an outdated schema instead of upgrading it.",
+)
+@click.option(
+    "--max-delete",
+    envvar="QFSYNC_MAX_DELETE",
+    show_envvar=True,
+    default=DEFAULT_MAX_DELETE,
+    show_default=True,
+    help="Most jobs a complete walk may mark deleted: a count (200) or a share of the scope's "
+    "listed jobs (50%; up to 10 jobs are always allowed). Beyond it the run fails and deletes "
+    "nothing.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result as one JSON object.")
 @click.option(
@@ -331,10 +343,21 @@ def db_group() -> None:
 
 @db_group.command()
 @database_option
-def upgrade(database_url: str) -> None:
-    """Bring the database schema to the latest revision."""
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for a running sync to finish.",
+)
+def upgrade(database_url: str, wait_s: float) -> None:
+    """Bring the database schema to the latest revision, under the sync lock."""
     engine = open_db(database_url)
-    click.echo(db.ensure_schema(engine, migrate=True) or f"already at {db.SCHEMA_HEAD}")
+    with sync_lock(engine, wait_s) as held:
+        if not held:
+            raise SyncLocked("a sync is running on this database; --wait for it to finish")
+        click.echo(db.ensure_schema(engine, migrate=True) or f"already at {db.SCHEMA_HEAD}")
 
 
 @db_group.command()
@@ -445,19 +468,24 @@ def fake_api(
     default="table",
     show_default=True,
     help="table: sections for people; csv: one table with the columns section, month, model, "
-    "train_mode, metric, value (sections jobs, by_model, by_month, sync); json: one object.",
+    "train_mode, metric, value (sections jobs, by_model, by_month, sync, and sync_full and "
+    "sync_incremental with a row per scope in model and train_mode); json: one object.",
 )
 @click.option(
     "--max-age",
-    metavar="DURATION",
+    metavar="[MODE=]DURATION",
+    multiple=True,
     help="Exit with code 4 after printing if the last successful sync finished longer ago "
-    "than this (90s, 30m, 26h, 7d), or if none has.",
+    "than DURATION (90s, 30m, 26h, 7d), or if none has. With MODE (full or incremental), "
+    "the last success of that mode; repeat to check several, e.g. --max-age 1h "
+    "--max-age full=26h.",
 )
-def report_command(database_url: str, output_format: str, max_age: str | None) -> None:
+def report_command(database_url: str, output_format: str, max_age: tuple[str, ...]) -> None:
     """Print the state of the data: total, listed and deleted jobs; listed jobs by model and
-    train mode; jobs created per month; the last sync and its health (the sync_health view)."""
+    train mode; jobs created per month; the last sync and its health (the sync_health view),
+    and the last run and success of every mode and scope (the sync_scopes view)."""
     try:
-        allowed = None if max_age is None else report.parse_duration(max_age)
+        limits = [report.parse_max_age(text) for text in max_age]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--max-age'") from None
     engine = open_db(database_url)
@@ -475,5 +503,5 @@ def report_command(database_url: str, output_format: str, max_age: str | None) -
                 for title, columns, rows in report.sections(state)
             )
         )
-    if allowed is not None:
-        report.check_fresh(state, allowed)
+    if limits:
+        report.check_fresh(state, limits)

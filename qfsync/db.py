@@ -25,7 +25,11 @@ DRIVERS = {
 }
 
 
-PASSWORD_IN_URL = re.compile(r"(//[^:/@]*:)[^@]*@")
+# `scheme:[//]user:PASSWORD@`, up to the last @ of the word, so that a password with an
+# unencoded @ or /, or a URL with one slash, is hidden whole; and `password=` in a query.
+PASSWORD_IN_URL = re.compile(r"([a-z][\w+.-]*:/*[^:/@\s]*:)\S*@", re.IGNORECASE)
+PASSWORD_IN_QUERY = re.compile(r"([?&;](?:password|passwd|pwd)=)[^&;\s]*", re.IGNORECASE)
+PASSWORD_KEYS = ("password", "passwd", "pwd")
 
 
 def parse_url(raw: str) -> URL:
@@ -36,28 +40,46 @@ def parse_url(raw: str) -> URL:
             f"not a database URL: {mask_text(raw)!r} "
             "(expected e.g. sqlite:///qfsync.db or postgresql://user@host/db)"
         ) from None
+    if url.host and "@" in url.host:
+        raise ConfigError(
+            f"not a database URL: {mask_text(raw)!r} (an @ in the password must be written %40)"
+        )
     url = url.set(drivername=DRIVERS.get(url.drivername, url.drivername))
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        raise ConfigError(
+            "an in-memory SQLite database keeps nothing after the command: use sqlite:///FILE"
+        )
     if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
         url = url.update_query_dict({"charset": "utf8mb4"})
     return url
 
 
 def mask(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    """The URL for people: the password hidden, in the user info or in the query."""
+    return mask_text(url.render_as_string(hide_password=True))
 
 
 def mask_text(raw: str) -> str:
     """Hide the password in a URL-like string, even one that does not parse."""
-    return PASSWORD_IN_URL.sub(r"\1***@", raw)
+    return PASSWORD_IN_QUERY.sub(r"\1***", PASSWORD_IN_URL.sub(r"\1***@", raw))
+
+
+def secrets(url: URL) -> list[str]:
+    """Every password the URL carries."""
+    found = [str(url.password)] if url.password else []
+    for key in PASSWORD_KEYS:
+        value = url.query.get(key)
+        found += [value] if isinstance(value, str) else list(value or ())
+    return [secret for secret in found if secret]
 
 
 def describe(exc: BaseException, url: URL) -> str:
     """The first line of a driver error, with the password scrubbed in case a driver echoes it."""
     orig = getattr(exc, "orig", None) or exc
     text = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    if url.password:
-        text = text.replace(str(url.password), "***")
-    return text
+    for secret in secrets(url):
+        text = text.replace(secret, "***")
+    return mask_text(text)
 
 
 def connect(raw_url: str) -> Engine:
@@ -77,6 +99,11 @@ def connect(raw_url: str) -> Engine:
     except NoSuchModuleError:
         raise ConfigError(
             f"no driver for {url.drivername} (use sqlite, postgresql or mysql)"
+        ) from None
+    except ImportError as exc:
+        raise ConfigError(
+            f"the driver for {url.drivername} is not installed ({exc.name or exc}): use "
+            "postgresql:// (psycopg 3) or mysql:// (PyMySQL), which qfsync installs"
         ) from None
     except (SQLAlchemyError, OSError, ValueError) as exc:
         raise DatabaseError(f"cannot connect to {mask(url)}: {describe(exc, url)}") from None
@@ -114,7 +141,7 @@ def _postgresql_settings(dbapi_connection, _record) -> None:  # type: ignore[no-
 # The newest migration in migrations/versions. Reading the database's revision needs no
 # Alembic, so a sync imports Alembic (about 10 MB and 0.2 s) only when there is work for it;
 # a test keeps this in step with the migrations.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 
 def alembic_config(engine: Engine | None = None) -> "Config":

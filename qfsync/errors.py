@@ -104,3 +104,15 @@ class StaleData(QfsyncError):
     """The last successful sync is older than the caller allows."""
 
     exit_code = EXIT_STALE
+
+
+class LockLost(QfsyncError):
+    """Another sync took the lock and closed this run's row: this run must not write on."""
+
+
+class DeletionRefused(QfsyncError):
+    """A complete walk would mark more jobs deleted than --max-delete allows."""
+
+
+class Unstorable(QfsyncError):
+    """A value from the API does not fit its column (too long, or a NUL on PostgreSQL)."""

@@ -1,6 +1,6 @@
 """What the data says: job totals, jobs by model and month, and whether the sync is healthy.
 
-`collect` reads the tables and the reporting views (migration 0002) into a plain dict;
+`collect` reads the tables and the reporting views (migrations 0002, 0003) into a plain dict;
 `sections` and `to_csv` lay that dict out for people and spreadsheets; `check_fresh` turns an
 old last success into `StaleData`. The CLI prints and exits; nothing here knows about click.
 """
@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Integer, String, column, func, select, table
 from .errors import StaleData
 from .schema import LongText, UtcDateTime, finetuning_jobs
 
-# The views of migration 0002, typed so that every dialect hands back the same Python values
+# The reporting views, typed so that every dialect hands back the same Python values
 # (SQLite returns a view's timestamps as text, MariaDB without a zone).
 jobs_current = table(
     "finetuning_jobs_current", column("model", String()), column("train_mode", String())
@@ -38,9 +38,39 @@ sync_health = table(
     column("last_success_age_s", Integer()),
     column("last_error", LongText),
     column("failures_since_success", Integer()),
+    column("last_full_success_run_id", Integer()),
+    column("last_full_success_at", UtcDateTime()),
+    column("last_full_success_age_s", Integer()),
+    column("full_failures_since_success", Integer()),
+)
+sync_scopes = table(
+    "sync_scopes",
+    column("mode", String()),
+    column("train_mode_filter", String()),
+    column("model_filter", String()),
+    column("last_run_id", Integer()),
+    column("last_run_status", String()),
+    column("last_run_started_at", UtcDateTime()),
+    column("last_success_run_id", Integer()),
+    column("last_success_at", UtcDateTime()),
+    column("last_success_age_s", Integer()),
+    column("last_error", LongText),
+    column("failures_since_success", Integer()),
+)
+SCOPE_COLUMNS = (
+    "mode",
+    "train_mode_filter",
+    "model_filter",
+    "last_run_id",
+    "last_run_status",
+    "last_success_run_id",
+    "last_success_at",
+    "last_success_age_s",
+    "failures_since_success",
 )
 
 DURATION = re.compile(r"(\d+)([smhd])")
+MODES = ("full", "incremental")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 CSV_COLUMNS = ("section", "month", "model", "train_mode", "metric", "value")
 
@@ -50,7 +80,18 @@ def parse_duration(text: str) -> timedelta:
     match = DURATION.fullmatch(text.strip())
     if match is None or int(match[1]) == 0:
         raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 26h or 7d")
-    return timedelta(**{UNITS[match[2]]: int(match[1])})
+    try:
+        return timedelta(**{UNITS[match[2]]: int(match[1])})
+    except OverflowError:
+        raise ValueError(f"{text!r} is longer than any age a sync can have") from None
+
+
+def parse_max_age(text: str) -> tuple[str | None, timedelta]:
+    """`26h` (the newest success of any mode) or `full=26h` (of that mode, any scope)."""
+    mode, _, duration = text.rpartition("=")
+    if mode and mode not in MODES:
+        raise ValueError(f"{text!r}: the mode before = must be one of {', '.join(MODES)}")
+    return mode or None, parse_duration(duration)
 
 
 def format_age(seconds: int) -> str:
@@ -89,6 +130,14 @@ def collect(connection: Connection) -> dict[str, Any]:
         ).group_by(jobs_monthly.c.month)
     ).all()
     health = connection.execute(select(sync_health)).one()._asdict()
+    scopes = [
+        row._asdict()
+        for row in connection.execute(
+            select(sync_scopes).order_by(
+                sync_scopes.c.mode, sync_scopes.c.train_mode_filter, sync_scopes.c.model_filter
+            )
+        )
+    ]
     return {
         "jobs": {"total": total, "listed": total - deleted, "deleted": deleted},
         "by_model": [
@@ -103,31 +152,60 @@ def collect(connection: Connection) -> dict[str, Any]:
             for month, created, listed in sorted(by_month, key=lambda row: _last(row[0]))
         ],
         "sync": health,
+        "scopes": scopes,
     }
 
 
-def check_fresh(report: dict[str, Any], max_age: timedelta) -> None:
-    """Raise StaleData unless a sync succeeded within `max_age`."""
-    sync = report["sync"]
-    allowed = format_age(int(max_age.total_seconds()))
-    if sync["last_success_at"] is None:
-        raise StaleData(f"no sync has succeeded yet (allowed age {allowed}): run `qfsync sync`")
-    age = sync["last_success_age_s"]
-    if age > max_age.total_seconds():
-        raise StaleData(
-            f"the last successful sync (run {sync['last_success_run_id']}) finished "
-            f"{format_age(age)} ago, more than the allowed {allowed} "
-            f"(failed runs since: {sync['failures_since_success']})"
+def last_success(report: dict[str, Any], mode: str | None) -> tuple[int, int, int] | None:
+    """(run id, age in seconds, failures since) of the newest success of a mode (any scope),
+    or of any mode; None if there is none."""
+    if mode is None:
+        sync = report["sync"]
+        if sync["last_success_at"] is None:
+            return None
+        return (
+            sync["last_success_run_id"],
+            sync["last_success_age_s"],
+            sync["failures_since_success"],
         )
+    found = [
+        scope
+        for scope in report["scopes"]
+        if scope["mode"] == mode and scope["last_success_at"] is not None
+    ]
+    if not found:
+        return None
+    newest = min(found, key=lambda scope: scope["last_success_age_s"])
+    failures = sum(scope["failures_since_success"] for scope in found)
+    return newest["last_success_run_id"], newest["last_success_age_s"], failures
+
+
+def check_fresh(report: dict[str, Any], limits: list[tuple[str | None, timedelta]]) -> None:
+    """Raise StaleData unless, for each (mode or None for any, age) limit, a sync of that mode
+    succeeded within that age; the message names every limit that failed."""
+    stale = []
+    for mode, max_age in limits:
+        what = f"{mode} sync" if mode else "sync"
+        allowed = format_age(int(max_age.total_seconds()))
+        last = last_success(report, mode)
+        if last is None:
+            stale.append(f"no {what} has succeeded yet (allowed age {allowed}): run `qfsync sync`")
+            continue
+        run_id, age, failures = last
+        if age > max_age.total_seconds():
+            stale.append(
+                f"the last successful {what} (run {run_id}) finished {format_age(age)} ago, "
+                f"more than the allowed {allowed} (failed runs since: {failures})"
+            )
+    if stale:
+        raise StaleData("; ".join(stale))
 
 
 def sections(report: dict[str, Any]) -> list[tuple[str, tuple[str, ...], list[dict[str, Any]]]]:
     """The report as titled tables (title, columns, rows), for people to read."""
-    sync = report["sync"]
-    age = sync["last_success_age_s"]
     health = {
-        **sync,
-        "last_success_age_s": None if age is None else f"{age} ({format_age(age)})",
+        key: f"{value} ({format_age(value)})" if key.endswith("age_s") and value else value
+        for key, value in report["sync"].items()
     }
     return [
         ("Jobs", ("total", "listed", "deleted"), [report["jobs"]]),
@@ -142,6 +220,7 @@ def sections(report: dict[str, Any]) -> list[tuple[str, tuple[str, ...], list[di
             ("field", "value"),
             [{"field": key, "value": value} for key, value in health.items()],
         ),
+        ("Syncs by mode and scope (times in UTC)", SCOPE_COLUMNS, report["scopes"]),
     ]
 
 
@@ -161,6 +240,15 @@ def csv_rows(report: dict[str, Any]) -> Iterator[dict[str, Any]]:
             }
     for metric, value in report["sync"].items():
         yield {"section": "sync", "metric": metric, "value": value}
+    for scope in report["scopes"]:
+        for metric in SCOPE_COLUMNS[3:]:
+            yield {
+                "section": f"sync_{scope['mode']}",
+                "model": scope["model_filter"],
+                "train_mode": scope["train_mode_filter"],
+                "metric": metric,
+                "value": scope[metric],
+            }
 
 
 def to_csv(report: dict[str, Any]) -> str:

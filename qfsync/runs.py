@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from . import __version__
+from .errors import LockLost
 from .schema import sync_runs
 from .store import Counts, Scope
 
@@ -30,18 +31,17 @@ class ResumePoint:
     walk_started_at: datetime
 
 
-def abandon_stale(connection: Connection, scope: Scope) -> list[int]:
-    """Rows still `running` although their scope's lock was free: their process is gone."""
-    stale = list(
-        connection.scalars(
-            select(sync_runs.c.id).where(scope.runs_clause(), sync_runs.c.status == RUNNING)
-        )
-    )
+def abandon_stale(connection: Connection) -> list[int]:
+    """Rows still `running` although the database's lock was free: their process is gone (or
+    lost the lock, and its next commit will find its row closed). Such a run finished when it
+    last made progress, not now."""
+    c = sync_runs.c
+    stale = list(connection.scalars(select(c.id).where(c.status == RUNNING)))
     if stale:
         connection.execute(
             update(sync_runs)
-            .where(sync_runs.c.id.in_(stale))
-            .values(status=FAILED, finished_at=utcnow(), error=ABANDONED)
+            .where(c.id.in_(stale), c.status == RUNNING)
+            .values(status=FAILED, finished_at=c.progress_at, error=ABANDONED)
         )
     return stale
 
@@ -81,6 +81,7 @@ def start(
             next_marker=resume.marker if resume else None,
             resumed_from=resume.run_id if resume else None,
             walk_started_at=resume.walk_started_at if resume else started_at,
+            progress_at=started_at,
             host=socket.gethostname()[:255],
             pid=os.getpid(),
             qfsync_version=__version__,
@@ -90,13 +91,32 @@ def start(
     return run_id[0], started_at
 
 
+def still_running(run_id: int) -> Any:
+    """The fence of every write to a run's row: the row is this run's only while it is still
+    `running`. Another sync that took the lock (because this one's lock session died) marks it
+    failed first, and from then on each fenced UPDATE matches no row."""
+    return (sync_runs.c.id == run_id) & (sync_runs.c.status == RUNNING)
+
+
+def check_fenced(rowcount: int, run_id: int) -> None:
+    """Raise LockLost, rolling back the caller's transaction, when a fenced UPDATE missed."""
+    if rowcount != 1:
+        raise LockLost(
+            f"the sync lock was lost: run {run_id} is no longer `running` (another sync took "
+            "the lock and closed it, e.g. after the database restarted); stopping without "
+            "writing this page"
+        )
+
+
 def record_page(
     connection: Connection, run_id: int, seen: int, counts: Counts, next_marker: str | None
 ) -> None:
+    """The page's progress, in the page's transaction; fenced, so a run that lost its lock
+    writes no further page."""
     c = sync_runs.c
-    connection.execute(
+    updated = connection.execute(
         update(sync_runs)
-        .where(c.id == run_id)
+        .where(still_running(run_id))
         .values(
             pages=c.pages + 1,
             jobs_seen=c.jobs_seen + seen,
@@ -104,8 +124,10 @@ def record_page(
             jobs_updated=c.jobs_updated + counts.updated,
             jobs_unchanged=c.jobs_unchanged + counts.unchanged,
             next_marker=next_marker,
+            progress_at=utcnow(),
         )
     )
+    check_fenced(updated.rowcount, run_id)
 
 
 def restart_walk(connection: Connection, run_id: int, walk_started_at: datetime) -> None:
@@ -122,28 +144,39 @@ def set_mode(connection: Connection, run_id: int, mode: str) -> None:
 
 
 def succeed(connection: Connection, run_id: int, complete: bool, deleted: int) -> None:
-    connection.execute(
+    """Fenced: a run that another sync marked abandoned can never become `succeeded`."""
+    now = utcnow()
+    updated = connection.execute(
         update(sync_runs)
-        .where(sync_runs.c.id == run_id)
-        .values(status=SUCCEEDED, finished_at=utcnow(), complete=complete, jobs_deleted=deleted)
+        .where(still_running(run_id))
+        .values(
+            status=SUCCEEDED,
+            finished_at=now,
+            progress_at=now,
+            complete=complete,
+            jobs_deleted=deleted,
+        )
     )
+    check_fenced(updated.rowcount, run_id)
 
 
 def fail(engine: Engine, run_id: int, error: str) -> None:
+    """Fenced too: a row already closed (succeeded, or failed by another sync) stays as is."""
     with engine.begin() as connection:
         connection.execute(
             update(sync_runs)
-            .where(sync_runs.c.id == run_id)
+            .where(still_running(run_id))
             .values(status=FAILED, finished_at=utcnow(), error=error[:ERROR_CHARS])
         )
 
 
-def running(connection: Connection, scope: Scope) -> Any:
-    """The run that holds the scope now, for the 'another sync is running' message."""
+def running(connection: Connection) -> Any:
+    """The run that holds the database now, for the 'another sync is running' message."""
+    c = sync_runs.c
     return connection.execute(
-        select(sync_runs.c.id, sync_runs.c.started_at, sync_runs.c.host, sync_runs.c.pid)
-        .where(scope.runs_clause(), sync_runs.c.status == RUNNING)
-        .order_by(sync_runs.c.id.desc())
+        select(c.id, c.started_at, c.host, c.pid, c.mode, c.train_mode_filter, c.model_filter)
+        .where(c.status == RUNNING)
+        .order_by(c.id.desc())
         .limit(1)
     ).first()
 

@@ -110,7 +110,7 @@ sync_runs = Table(
     ),
     Column(
         "next_marker",
-        String(255),
+        LongText,
         comment="Marker of the next page after the last committed one; where a resume starts.",
     ),
     Column("resumed_from", Integer, comment="The failed run whose walk this run continued."),
@@ -126,6 +126,12 @@ sync_runs = Table(
         nullable=False,
         default=False,
         comment="True when the walk reached the last page.",
+    ),
+    Column(
+        "progress_at",
+        UtcDateTime,
+        nullable=False,
+        comment="When the run last made progress: its start, then each committed page.",
     ),
     Column("error", LongText, comment="Why the run failed; NULL otherwise."),
     Column("host", String(255), comment="Host name of the machine that ran the sync."),

@@ -24,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from .errors import DeletionRefused
+from .guard import DeleteLimit
 from .pages import Job
 from .schema import VERSIONED_FIELDS, finetuning_job_versions, finetuning_jobs, sync_runs
 
@@ -235,15 +237,27 @@ def write_versions(
 
 
 def mark_deleted(
-    connection: Connection, scope: Scope, walk_started_at: datetime, run_id: int, now: datetime
+    connection: Connection,
+    scope: Scope,
+    walk_started_at: datetime,
+    run_id: int,
+    now: datetime,
+    limit: DeleteLimit,
 ) -> int:
-    """After a complete walk: jobs of the scope that the walk did not see are gone from the API."""
+    """After a complete walk: jobs of the scope that the walk did not see are gone from the API.
+    Raises DeletionRefused, writing nothing, when that is more than `limit` allows."""
     jc, vc = finetuning_jobs.c, finetuning_job_versions.c
     gone = list(
         connection.scalars(
             select(jc.job_id).where(scope.jobs_clause(), jc.last_seen_at < walk_started_at)
         )
     )
+    if not gone:
+        return 0
+    listed = connection.scalar(select(func.count()).where(scope.jobs_clause()))
+    refusal = limit.refusal(len(gone), listed or 0, scope.key)
+    if refusal is not None:
+        raise DeletionRefused(refusal)
     for ids in chunks(gone):
         connection.execute(
             update(finetuning_jobs)

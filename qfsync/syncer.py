@@ -1,5 +1,5 @@
-"""One sync run: lock the scope, open the run row, walk the API, commit each page with its
-bookkeeping, then mark deletions and finish the run.
+"""One sync run: lock the database, bring its schema to head, open the run row, walk the API,
+commit each page with its bookkeeping, then mark deletions and finish the run.
 
 API pages -> validated Jobs -> one transaction per page -> the run's row. A failure anywhere
 after the run row exists marks it `failed` with the reason and leaves committed pages intact;
@@ -17,13 +17,14 @@ from datetime import datetime
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import logs, runs, store
+from . import fits, logs, runs, store
 from .client import Client, JobQuery, walk
-from .db import describe, mask
+from .db import describe, ensure_schema, mask
 from .errors import ApiError, DatabaseError, Interrupted, QfsyncError, SyncLocked
+from .guard import DEFAULT, DeleteLimit
 from .lock import sync_lock
 from .pages import Job, Page
 from .store import Counts, Scope
@@ -159,9 +160,13 @@ class Sync:
         stop: StopFlag | None = None,
         progress: Callable[[SyncResult], None] | None = None,
         notify: Callable[[str], None] | None = None,
+        migrate: bool = True,
+        max_delete: DeleteLimit | None = None,
     ):
         self.engine, self.client, self.query = engine, client, query
         self.incremental, self.restart, self.wait_s = incremental, restart, wait_s
+        self.migrate = migrate
+        self.max_delete = max_delete or DeleteLimit.parse(DEFAULT)
         self.stop = stop or StopFlag()
         self.progress = progress or (lambda result: None)
         self.scope = Scope(query.train_mode, query.model)
@@ -176,9 +181,23 @@ class Sync:
 
     def run(self) -> SyncResult:
         try:
-            with sync_lock(self.engine, self.scope.key, self.wait_s) as held:
+            with sync_lock(
+                self.engine,
+                self.wait_s,
+                self.stop.event,
+                lambda: self.note(f"{self._locked_message()}; waiting up to {self.wait_s:g}s"),
+            ) as held:
+                if self.stop.reason is not None:
+                    raise self.stop.reason
                 if not held:
                     raise SyncLocked(self._locked_message())
+                # Under the lock, so that two first syncs never migrate at once, and a sync
+                # never upgrades the schema under another one's feet.
+                upgraded = ensure_schema(self.engine, self.migrate)
+                if upgraded:
+                    self.note(upgraded)
+                if self.stop.reason is not None:
+                    raise self.stop.reason
                 return self._run_locked()
         except SQLAlchemyError as exc:  # before the run row exists, or while marking it failed
             raise self._database_error(exc) from None
@@ -188,12 +207,18 @@ class Sync:
         return DatabaseError(f"database error on {mask(url)}: {describe(exc, url)}")
 
     def _locked_message(self) -> str:
+        """Who holds the database's lock; a sync of any scope does (see lock.py for why)."""
         with self.engine.connect() as connection:
-            holder = runs.running(connection, self.scope)
+            holder = (
+                runs.running(connection)
+                if inspect(connection).has_table(runs.sync_runs.name)
+                else None
+            )
         if holder is None:
-            return f"another sync of {self.scope.key} is starting; try again shortly"
+            return "another sync is starting or migrating the schema; try again shortly"
+        scope = Scope(holder.train_mode_filter, holder.model_filter).key
         return (
-            f"another sync is running (run {holder.id}, started "
+            f"another sync is running (run {holder.id}, {holder.mode} {scope}, started "
             f"{holder.started_at:%Y-%m-%d %H:%M:%S}Z, host {holder.host}, pid {holder.pid})"
         )
 
@@ -201,7 +226,7 @@ class Sync:
         clock = time.monotonic()
         mode = runs.INCREMENTAL if self.incremental else runs.FULL
         with self.engine.begin() as connection:
-            for run_id in runs.abandon_stale(connection, self.scope):
+            for run_id in runs.abandon_stale(connection):
                 self.note(f"run {run_id} was abandoned (its process died); marked failed")
             resume = (
                 None
@@ -259,26 +284,22 @@ class Sync:
             return exc
         return QfsyncError(f"internal error: {type(exc).__name__}: {exc}")
 
-    def _write(
-        self,
-        result: SyncResult,
-        page: Page,
-        run_id: int,
-        finish: Callable[[Any], None] | None = None,
-    ) -> Counts:
-        """Commit one page and the run's progress in one transaction (and the run's end, if
-        `finish` is given), then stop here if a signal asked to."""
+    def _write(self, result: SyncResult, page: Page, run_id: int) -> Counts:
+        """Commit one page and the run's progress in one transaction. The progress update is
+        fenced (runs.record_page): a run that lost its lock writes nothing more."""
+        fits.check_page(page.jobs, page.next_marker, self.engine.dialect.name)
         with self.engine.begin() as connection:
             counts = store.write_jobs(connection, page.jobs, run_id, runs.utcnow())
             runs.record_page(connection, run_id, len(page.jobs), counts, page.next_marker)
-            if finish is not None:
-                finish(connection)
         result.add(len(page.jobs), counts)
         log_page(result.pages, page, counts)
         self.progress(result)
+        return counts
+
+    def _stop_if_asked(self) -> None:
+        """Between pages only; never after the last, so a finished run stays finished."""
         if self.stop.reason is not None:
             raise self.stop.reason
-        return counts
 
     def _first_page(
         self, query: JobQuery, marker: str | None, result: SyncResult, started_at: datetime
@@ -318,16 +339,25 @@ class Sync:
             else iter([first])
         )
 
-        def finish(connection: Any) -> None:
-            result.jobs_deleted = store.mark_deleted(
-                connection, self.scope, walk_started_at, result.run_id, runs.utcnow()
-            )
-            runs.succeed(connection, result.run_id, complete=True, deleted=result.jobs_deleted)
-
         for page in stream:
-            self._write(result, page, result.run_id, finish if page.is_last else None)
+            self._write(result, page, result.run_id)
             if page.is_last:
+                # The pages stay committed whatever happens here: a refused deletion fails
+                # the run, and the next full sync walks from the start.
+                with self.engine.begin() as connection:
+                    result.jobs_deleted = store.mark_deleted(
+                        connection,
+                        self.scope,
+                        walk_started_at,
+                        result.run_id,
+                        runs.utcnow(),
+                        self.max_delete,
+                    )
+                    runs.succeed(
+                        connection, result.run_id, complete=True, deleted=result.jobs_deleted
+                    )
                 return
+            self._stop_if_asked()
         # The prefetch stops early only when asked to; never report such a walk as finished.
         raise self.stop.reason or QfsyncError("the walk stopped before its last page")
 
@@ -355,6 +385,7 @@ class Sync:
                 with self.engine.begin() as connection:
                     runs.succeed(connection, result.run_id, complete=done, deleted=0)
                 return
+            self._stop_if_asked()
 
     def _fall_back(self, result: SyncResult, started_at: datetime, why: str) -> None:
         self.note(f"{why}; falling back to a full walk")

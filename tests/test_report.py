@@ -4,6 +4,7 @@ every dialect, and the history a sync keeps (versions, deletions, failed walks) 
 import csv
 import io
 import json
+import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +17,9 @@ from qfsync.client import Client, Credentials, JobQuery, RetryPolicy
 from qfsync.errors import RetriesExhausted
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
 from qfsync.report import CSV_COLUMNS, format_age, parse_duration
+from qfsync.runs import start
 from qfsync.schema import finetuning_job_versions, finetuning_jobs, sync_runs
+from qfsync.store import Scope
 from qfsync.syncer import Sync, SyncResult
 
 # A failing walk should fail fast: two attempts, hardly any backoff.
@@ -24,9 +27,9 @@ IMPATIENT = RetryPolicy(max_attempts=2, base_delay_s=0.001, max_wait_s=0.01)
 ALL_JOBS = JobQuery()
 
 
-def sync(engine: Engine, api: FakeApi, query: JobQuery = ALL_JOBS) -> SyncResult:
+def sync(engine: Engine, api: FakeApi, query: JobQuery = ALL_JOBS, **options) -> SyncResult:
     with Client(Credentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY), api.url, IMPATIENT) as client:
-        return Sync(engine, client, query).run()
+        return Sync(engine, client, query, **options).run()
 
 
 def report(database_url: str, *args: str) -> Result:
@@ -160,7 +163,13 @@ def test_csv_and_table_formats_render(engine, database_url, fake_api):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert tuple(rows[0]) == CSV_COLUMNS
-    assert {row["section"] for row in rows} == {"jobs", "by_model", "by_month", "sync"}
+    assert {row["section"] for row in rows} == {
+        "jobs",
+        "by_model",
+        "by_month",
+        "sync",
+        "sync_full",
+    }
     assert {r["metric"]: int(r["value"]) for r in rows if r["section"] == "jobs"} == state["jobs"]
     assert {
         (r["model"], r["train_mode"]): int(r["value"]) for r in rows if r["section"] == "by_model"
@@ -175,7 +184,8 @@ def test_csv_and_table_formats_render(engine, database_url, fake_api):
     for title in ("Jobs", "by model and train mode", "per month", "Sync health"):
         assert title in result.stdout
     assert "40" in result.stdout.split("\n")[2]  # the totals row
-    assert "last_run_status         succeeded" in result.stdout
+    assert re.search(r"^last_run_status +succeeded$", result.stdout, re.MULTILINE)
+    assert re.search(r"^full +\S+ +\S+ +1 +succeeded", result.stdout, re.MULTILINE)
 
 
 def test_help_documents_the_formats():
@@ -217,7 +227,10 @@ def test_max_age_without_a_successful_sync_exits_4(engine, database_url):
     assert report(database_url).exit_code == 0
 
 
-@pytest.mark.parametrize("value", ["", "1", "1w", "-3h", "0s", "1.5h", "h", "1h30m"])
+@pytest.mark.parametrize(
+    "value",
+    ["", "1", "1w", "-3h", "0s", "1.5h", "h", "1h30m", "99999999999999d", "hourly=1h", "full="],
+)
 def test_bad_max_age_is_a_usage_error(value, tmp_path):
     """A --max-age that is not a positive number with one of s, m, h, d exits 2, before any
     database is touched."""
@@ -361,3 +374,70 @@ def test_a_deleted_job_that_comes_back_is_listed_again(engine, fake_api):
         (1, False, 1),
         (2, True, 3),
     ] * 2
+
+
+def fail_full_runs(engine, times: int) -> None:
+    """Record `times` failed full runs, as a nightly full sync that keeps failing would."""
+    with engine.begin() as connection:
+        for _ in range(times):
+            run_id, _ = start(connection, Scope(), "full", 100, None)
+            connection.execute(
+                update(sync_runs)
+                .where(sync_runs.c.id == run_id)
+                .values(status="failed", finished_at=datetime.now(UTC), error="boom")
+            )
+
+
+def test_failing_full_syncs_show_beside_succeeding_incremental_ones(engine, database_url, fake_api):
+    """A full sync that fails every night while incremental syncs succeed: sync_health and the
+    per-scope view show the old full success and the failures since, and `--max-age
+    full=26h` exits 4 while `--max-age 1h` (any mode) passes."""
+    api = fake_api(jobs=30)
+    full = sync(engine, api)
+    with engine.begin() as connection:
+        connection.execute(
+            update(sync_runs)
+            .where(sync_runs.c.id == full.run_id)
+            .values(finished_at=datetime.now(UTC) - timedelta(days=3))
+        )
+    fail_full_runs(engine, 2)
+    incremental = sync(engine, api, incremental=True)
+    assert incremental.status == "succeeded"
+
+    state = report_json(database_url)
+    health = state["sync"]
+    assert health["last_success_run_id"] == incremental.run_id
+    assert health["last_full_success_run_id"] == full.run_id
+    assert health["last_full_success_age_s"] >= 3 * 86400 - 60
+    assert health["full_failures_since_success"] == 2
+    by_mode = {scope["mode"]: scope for scope in state["scopes"]}
+    assert by_mode["full"]["last_run_status"] == "failed"
+    assert by_mode["full"]["last_success_run_id"] == full.run_id
+    assert by_mode["full"]["failures_since_success"] == 2
+    assert by_mode["incremental"]["last_success_run_id"] == incremental.run_id
+
+    assert report(database_url, "--max-age", "1h").exit_code == 0
+    stale = report(database_url, "--max-age", "1h", "--max-age", "full=26h")
+    assert stale.exit_code == 4
+    assert stale.stderr.startswith(
+        f"qfsync: error: the last successful full sync (run {full.run_id}) finished 3d"
+    )
+    assert "(failed runs since: 2)" in stale.stderr and stale.stderr.count("\n") == 1
+    assert report(database_url, "--max-age", "full=4d").exit_code == 0
+    assert report(database_url, "--max-age", "incremental=1h").exit_code == 0
+
+
+def test_abandoned_run_finished_when_it_last_made_progress(engine, fake_api):
+    """A run left `running` by a dead process is closed by the next sync with the time of its
+    last committed page as finished_at, not the time the next sync noticed it."""
+    with engine.begin() as connection:
+        run_id, started_at = start(connection, Scope(), "full", 100, None)
+        last_progress = started_at - timedelta(hours=5)
+        connection.execute(
+            update(sync_runs).where(sync_runs.c.id == run_id).values(progress_at=last_progress)
+        )
+    sync(engine, fake_api(jobs=10))
+    with engine.connect() as connection:
+        row = connection.execute(select(sync_runs).where(sync_runs.c.id == run_id)).one()
+    assert row.status == "failed" and "abandoned" in row.error
+    assert row.finished_at == last_progress

@@ -1,0 +1,56 @@
+"""Whether values fit their columns, checked before a write so that a value the database
+would refuse fails with the job and the field named, never with a driver's dump."""
+
+from collections.abc import Iterable
+
+from sqlalchemy import Column
+
+from .errors import Unstorable
+from .pages import Job
+from .schema import finetuning_jobs, sync_runs
+
+# The fields of a job that a page writes as text, and their columns.
+JOB_COLUMNS = {
+    name: finetuning_jobs.c[name]
+    for name in ("job_id", "name", "description", "model", "train_mode")
+}
+MARKER = sync_runs.c.next_marker
+SHOWN_CHARS = 60
+
+
+def problem(value: str | None, column: Column, dialect: str) -> str | None:
+    """Why `value` cannot be stored in `column` on `dialect`, or None if it can."""
+    if value is None:
+        return None
+    width = getattr(column.type, "length", None)
+    if width is not None and len(value) > width:
+        return f"is {len(value)} characters long; {column.table.name}.{column.name} holds {width}"
+    if dialect == "postgresql" and "\x00" in value:
+        return "contains a NUL character, which PostgreSQL cannot store in text"
+    return None
+
+
+def shown(value: str) -> str:
+    """A value for a message: quoted, escaped, cut short."""
+    text = repr(value[:SHOWN_CHARS])
+    return text + "…" if len(value) > SHOWN_CHARS else text
+
+
+def check_page(jobs: Iterable[Job], next_marker: str | None, dialect: str) -> None:
+    """Raise Unstorable for the first value of the page that its column cannot hold."""
+    for job in jobs:
+        for field, column in JOB_COLUMNS.items():
+            why = problem(getattr(job, field), column, dialect)
+            if why is not None:
+                raise Unstorable(
+                    f"job {shown(job.job_id)}: its {field} {why}; the page was not written"
+                )
+    why = problem(next_marker, MARKER, dialect)
+    if why is not None:
+        raise Unstorable(f"the page's nextMarker {shown(next_marker or '')} {why}")
+
+
+def check_filter(option: str, value: str | None, column: Column) -> str | None:
+    """Why a filter cannot be recorded in its sync_runs column, for a usage error."""
+    why = problem(value, column, "postgresql")  # the strictest: the same answer everywhere
+    return None if why is None else f"{option} {shown(value or '')} {why}"
