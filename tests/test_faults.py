@@ -10,17 +10,14 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 
 from qfsync import db
 from qfsync.cli import main
 from qfsync.client import RetryPolicy
-from qfsync.errors import RetriesExhausted, SyncLocked
+from qfsync.errors import RetriesExhausted
 from qfsync.fake_api import DEMO_ACCESS_KEY, DENIED_ACCESS_KEY, Faults
-from qfsync.lock import sync_lock
-from qfsync.runs import start
 from qfsync.schema import finetuning_jobs, sync_runs
-from qfsync.store import Scope
 
 JOBS = 2537
 NO_RETRY = RetryPolicy(max_attempts=2, base_delay_s=0.001, max_delay_s=0.001)
@@ -218,24 +215,6 @@ def test_two_syncs_at_once(engine, database_url, fake_api):
     assert "another sync is running (run " in message or "is starting" in message
     assert [run["status"] for run in runs_of(engine)] == ["succeeded"]
     assert_exact(engine, api)
-
-
-def test_lock_is_per_scope_and_reports_the_holder(engine, fake_api, run_sync):
-    """While a scope's lock is held, a sync of that scope fails with SyncLocked naming the run
-    that holds it, and `wait_s` gives up after waiting; another scope is free."""
-    api = fake_api(50)
-    with engine.begin() as connection:
-        start(connection, Scope(), "full", 100, None)
-        connection.execute(update(sync_runs).values(host="elsewhere"))
-    with sync_lock(engine, Scope().key) as held:
-        assert held
-        with pytest.raises(
-            SyncLocked,
-            match=r"another sync is running \(run 1, started .*"
-            r"host elsewhere",
-        ):
-            run_sync(engine, api, wait_s=0.3)
-        assert run_sync(engine, api, train_mode="SFT").status == "succeeded"
 
 
 def test_unreachable_database_is_one_line_without_password(fake_api, api_env):
