@@ -23,7 +23,7 @@ FENCE = re.compile(r"^```sql(?P<info>[^\n]*)\n(?P<sql>.*?)^```", re.MULTILINE | 
 # is administrator DDL, run by test_read_only_login.
 DIALECT_TAGS = ("postgresql", "mariadb", "sqlite")
 ROLE_TAGS = tuple(f"role-{dialect}" for dialect in ("postgresql", "mariadb"))
-VIEWS = ("finetuning_jobs_current", "finetuning_jobs_monthly", "sync_health")
+VIEWS = ("finetuning_jobs_current", "finetuning_jobs_monthly", "sync_health", "sync_scopes")
 
 
 @dataclass(frozen=True)
