@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from itertools import chain
@@ -100,7 +100,7 @@ def newest_first(jobs: list[Job], after: datetime | None = None) -> bool:
     return all(a >= b for a, b in zip(times, times[1:], strict=False))
 
 
-def prefetched(pages: Iterator[Page], halt: threading.Event) -> Iterator[Page]:
+def prefetched(pages: Iterator[Page], halt: threading.Event) -> Generator[Page, None, None]:
     """Fetch the next page in a thread while the caller writes this one."""
     slots: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_PAGES)
     done = object()
@@ -333,31 +333,32 @@ class Sync:
         pages, restarted_at = self._first_page(query, marker, result, started_at)
         walk_started_at = restarted_at or walk_started_at
         first = next(pages)
-        stream = (
-            chain([first], prefetched(pages, self.stop.event))
-            if not first.is_last
-            else iter([first])
-        )
-
-        for page in stream:
-            self._write(result, page, result.run_id)
-            if page.is_last:
-                # The pages stay committed whatever happens here: a refused deletion fails
-                # the run, and the next full sync walks from the start.
-                with self.engine.begin() as connection:
-                    result.jobs_deleted = store.mark_deleted(
-                        connection,
-                        self.scope,
-                        walk_started_at,
-                        result.run_id,
-                        runs.utcnow(),
-                        self.max_delete,
-                    )
-                    runs.succeed(
-                        connection, result.run_id, complete=True, deleted=result.jobs_deleted
-                    )
-                return
-            self._stop_if_asked()
+        ahead = prefetched(pages, self.stop.event) if not first.is_last else None
+        try:
+            for page in chain([first], ahead or ()):
+                self._write(result, page, result.run_id)
+                if page.is_last:
+                    # The pages stay committed whatever happens here: a refused deletion fails
+                    # the run, and the next full sync walks from the start.
+                    with self.engine.begin() as connection:
+                        result.jobs_deleted = store.mark_deleted(
+                            connection,
+                            self.scope,
+                            walk_started_at,
+                            result.run_id,
+                            runs.utcnow(),
+                            self.max_delete,
+                        )
+                        runs.succeed(
+                            connection, result.run_id, complete=True, deleted=result.jobs_deleted
+                        )
+                    return
+                self._stop_if_asked()
+        finally:
+            # Closed here, in this thread: a generator left to the garbage collector may be
+            # finalized on the fetch thread, which cannot join itself.
+            if ahead is not None:
+                ahead.close()
         # The prefetch stops early only when asked to; never report such a walk as finished.
         raise self.stop.reason or QfsyncError("the walk stopped before its last page")
 
