@@ -290,3 +290,27 @@ def test_a_sync_that_lost_its_lock_writes_no_further_page(engine, database_url, 
     assert after[0] == abandoned and after[0]["pages"] == 3
     assert done["status"] == "succeeded"
     assert_exact(engine, second_api)
+
+
+@pytest.mark.slow
+def test_a_signal_during_the_migration_stops_before_the_walk(database_url, fake_api):
+    """SIGTERM while the sync migrates (held up here by a transaction that writes sync_runs):
+    the migration completes whole, then the sync stops with 143 before it opens a run."""
+    from alembic import command
+
+    with db.connected(database_url) as engine:
+        command.upgrade(db.alembic_config(engine), "0002")
+        with engine.connect() as blocker:
+            blocker.execute(update(sync_runs).values(pages=0))  # holds its lock until rollback
+            process = start_cli(database_url, fake_api(10), "--verbose", "sync")
+            assert process.stderr is not None
+            for line in process.stderr:
+                if "Running upgrade 0002 -> 0003" in line:
+                    break
+            process.send_signal(signal.SIGTERM)
+            blocker.rollback()
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 143, err
+        assert "interrupted by SIGTERM" in err
+        assert db.current_revision(engine) == db.SCHEMA_HEAD
+        assert runs_of(engine) == []
