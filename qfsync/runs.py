@@ -16,7 +16,10 @@ from .store import Counts, Scope
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 FULL, INCREMENTAL = "full", "incremental"
 COUNTS = ("pages", "jobs_seen", "jobs_inserted", "jobs_updated", "jobs_unchanged", "jobs_deleted")
-ABANDONED = "abandoned: its process ended without finishing the run (the sync lock was free)"
+ABANDONED = (
+    "abandoned: its process ended, or lost the sync lock, without finishing the run "
+    "(the lock was free)"
+)
 ERROR_CHARS = 2000
 
 

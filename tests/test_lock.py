@@ -314,3 +314,14 @@ def test_a_signal_during_the_migration_stops_before_the_walk(database_url, fake_
         assert "interrupted by SIGTERM" in err
         assert db.current_revision(engine) == db.SCHEMA_HEAD
         assert runs_of(engine) == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mysql"], indirect=True)
+def test_releasing_a_lock_on_a_dead_session_raises_nothing(engine):
+    """The lock's session killed while held: leaving the lock neither raises (which would turn
+    a finished run into a failure, or hide the real error) nor leaves the lock taken."""
+    with sync_lock(engine) as held:
+        assert held
+        kill_lock_session(engine)
+    with sync_lock(engine) as again:
+        assert again
