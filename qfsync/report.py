@@ -204,7 +204,9 @@ def check_fresh(report: dict[str, Any], limits: list[tuple[str | None, timedelta
 def sections(report: dict[str, Any]) -> list[tuple[str, tuple[str, ...], list[dict[str, Any]]]]:
     """The report as titled tables (title, columns, rows), for people to read."""
     health = {
-        key: f"{value} ({format_age(value)})" if key.endswith("age_s") and value is not None else value
+        key: value
+        if value is None or not key.endswith("age_s")
+        else f"{value} ({format_age(value)})"
         for key, value in report["sync"].items()
     }
     return [
