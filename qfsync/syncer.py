@@ -227,7 +227,9 @@ class Sync:
         mode = runs.INCREMENTAL if self.incremental else runs.FULL
         with self.engine.begin() as connection:
             for run_id in runs.abandon_stale(connection):
-                self.note(f"run {run_id} was abandoned (its process died); marked failed")
+                self.note(
+                    f"run {run_id} was abandoned (its process died or lost the lock); marked failed"
+                )
             resume = (
                 None
                 if self.incremental or self.restart
