@@ -1,5 +1,7 @@
 """The failures qfsync knows how to explain, each with the exit code the CLI gives it."""
 
+import re
+
 # Exit codes, documented in the README.
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -10,11 +12,41 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 
+# What must not reach a terminal, a log line or a database column from text a server chose:
+# C0 and C1 controls (NUL, ESC of an ANSI sequence, newlines), DEL, the Unicode line and
+# paragraph separators (str.splitlines breaks on them), the bidirectional overrides that can
+# make a line read differently from what it holds, and lone surrogates (no UTF-8 can encode
+# them, so a driver or stderr would fail on them).
+UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return NAMED_ESCAPES.get(char) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
+
+
+def one_line(text: str) -> str:
+    """`text` with every unsafe character written as a visible escape (a NUL as \\x00, a
+    newline as \\n): one line, safe for a terminal, a log and any database."""
+    return UNSAFE.sub(_escape, text)
+
+
 class QfsyncError(Exception):
-    """A failure with a one-line explanation for the operator."""
+    """A failure with a one-line explanation for the operator.
+
+    Every message is made safe here, once, so that no subclass and no caller can put a
+    server's control characters on stderr, in `--json` output or in `sync_runs.error`.
+    """
 
     exit_code = EXIT_FAILED
     run_id: int | None = None  # the sync_runs row the failure was recorded in, if any
+
+    def __init__(self, message: str = ""):
+        super().__init__(one_line(str(message)))
 
 
 class ConfigError(QfsyncError):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import MalformedResponse
+from .errors import MalformedResponse, one_line
 
 EXCERPT_CHARS = 200
 TEXT_FIELDS = ("name", "description", "model", "trainMode")
@@ -53,13 +53,55 @@ class Page:
 
 
 def excerpt(text: str | bytes) -> str:
-    """The start of a response, white space folded, for an error message."""
+    """The start of a response (or of any text a server chose), white space folded and control
+    characters escaped, for an error message: one line of at most EXCERPT_CHARS characters."""
     head = text[: EXCERPT_CHARS * 4]
+    cut = len(head) < len(text)  # before decoding: a UTF-8 character is several bytes
     if isinstance(head, bytes):
         head = head.decode("utf-8", "replace")
-    folded = " ".join(head.split())
-    cut = len(folded) > EXCERPT_CHARS or len(head) < len(text)
+    folded = one_line(" ".join(head.split()))
+    cut = cut or len(folded) > EXCERPT_CHARS
     return folded[:EXCERPT_CHARS] + "…" if cut else folded
+
+
+def decode(raw: bytes, max_depth: int) -> Any:
+    """The body as JSON, refused beyond `max_depth` levels of nesting.
+
+    The stdlib decoder recurses, so a body of a hundred thousand '[' raises RecursionError
+    (caught here); a nesting that decodes is still refused past the limit, which no page comes
+    near (a page is four levels deep, plus what a job item nests), so that nothing downstream
+    (hashing, the JSON columns) recurses deeper than this either.
+    """
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise MalformedResponse(
+            f"the body is nested deeper than the limit of {max_depth} levels", excerpt(raw)
+        ) from None
+    except ValueError:  # also UnicodeDecodeError: JSON must be UTF-8 (or -16/-32)
+        raise MalformedResponse("the body is not JSON", excerpt(raw)) from None
+    if nesting_exceeds(body, max_depth):
+        raise MalformedResponse(
+            f"the body is nested deeper than the limit of {max_depth} levels", excerpt(raw)
+        )
+    return body
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """True when arrays and objects nest more than `limit` deep (a scalar is depth 0)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def parse_time(value: str) -> datetime:
@@ -149,6 +191,10 @@ def parse_page(body: Any, text: str | bytes = b"") -> Page:
     next_marker = page_info.get("nextMarker")
     if next_marker is not None and not isinstance(next_marker, str):
         raise malformed("'pageInfo.nextMarker' is not a string")
+    if truncated and not next_marker:
+        # A page that says more follow but not where: taking it as the last page would end the
+        # walk "complete" and mark every job not yet reached as deleted.
+        raise malformed("'pageInfo.isTruncated' is true but 'pageInfo.nextMarker' is missing")
     marker = page_info.get("marker")
     if marker is not None and not isinstance(marker, str):
         raise malformed("'pageInfo.marker' is not a string")
@@ -159,7 +205,7 @@ def parse_page(body: Any, text: str | bytes = b"") -> Page:
     return Page(
         jobs=jobs,
         marker=marker or None,
-        # A last page may omit nextMarker or send it empty; either ends the walk.
-        next_marker=next_marker if truncated and next_marker else None,
+        # A last page may omit nextMarker or send one anyway; isTruncated false ends the walk.
+        next_marker=next_marker if truncated else None,
         request_id=request_id if isinstance(request_id, str) else None,
     )

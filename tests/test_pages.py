@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qfsync.errors import MalformedResponse
-from qfsync.pages import EXCERPT_CHARS, Page, parse_job, parse_page
+from qfsync.errors import UNSAFE, MalformedResponse
+from qfsync.pages import EXCERPT_CHARS, Page, decode, excerpt, parse_job, parse_page
 
 # The response example of the official DescribeFineTuningJobs page, verbatim.
 SPEC_EXAMPLE = """{
@@ -94,11 +94,21 @@ def test_missing_optional_fields_are_none() -> None:
 
 
 @pytest.mark.parametrize("page_info", [{}, {"nextMarker": ""}, {"nextMarker": None}])
-def test_truncated_page_without_next_marker_is_last(page_info: dict[str, Any]) -> None:
-    """An omitted, empty or null nextMarker ends the walk even if isTruncated is true."""
-    parsed = parse_page(page([job()], isTruncated=True, **page_info))
-    assert parsed.is_last
-    assert parsed.next_marker is None
+@pytest.mark.parametrize("jobs", [[], [job()]], ids=["no jobs", "one job"])
+def test_truncated_page_without_next_marker_is_malformed(
+    page_info: dict[str, Any], jobs: list[Any]
+) -> None:
+    """isTruncated true with an omitted, empty or null nextMarker is malformed, never the last
+    page: ending there would mark every job not yet reached as deleted."""
+    with pytest.raises(MalformedResponse, match="'pageInfo.nextMarker' is missing"):
+        parse_page(page(jobs, isTruncated=True, **page_info))
+
+
+@pytest.mark.parametrize("page_info", [{}, {"nextMarker": ""}, {"nextMarker": None}])
+def test_untruncated_page_without_next_marker_is_last(page_info: dict[str, Any]) -> None:
+    """isTruncated false ends the walk whether nextMarker is omitted, empty or null."""
+    parsed = parse_page(page([job()], isTruncated=False, **page_info))
+    assert parsed.is_last and parsed.next_marker is None
 
 
 def test_truncated_page_with_next_marker_continues() -> None:
@@ -183,6 +193,36 @@ def test_excerpt_is_cut_and_flattened() -> None:
         parse_page(body, text)
     assert "\n" not in caught.value.excerpt
     assert caught.value.excerpt == " ".join(text.split())[:EXCERPT_CHARS] + "…"
+
+
+def test_excerpt_escapes_control_characters() -> None:
+    """NUL, ANSI escapes, C1 controls and line separators in a body become visible escapes."""
+    text = excerpt(b"a\x00b\x1b[31mc\xc2\x9bd\xe2\x80\xa8e")
+    assert text == "a\\x00b\\x1b[31mc\\x9bd e"
+    assert not UNSAFE.search(text)
+
+
+# --- nesting ----------------------------------------------------------------------------------
+
+
+def nested(kind: str, depth: int) -> bytes:
+    opening, closing = {"array": (b"[", b"]"), "object": (b'{"a":', b"}")}[kind]
+    return opening * depth + b"1" + closing * depth
+
+
+@pytest.mark.parametrize("kind", ["array", "object"])
+@pytest.mark.parametrize("depth", [65, 1_000, 100_000])
+def test_nesting_past_the_limit_is_malformed(kind: str, depth: int) -> None:
+    """Past the limit, whether the decoder manages it or would recurse too deep, the body is
+    MalformedResponse naming the limit (never a RecursionError)."""
+    with pytest.raises(MalformedResponse, match="nested deeper than the limit of 64 levels"):
+        decode(nested(kind, depth), 64)
+
+
+@pytest.mark.parametrize("kind", ["array", "object"])
+def test_nesting_at_the_limit_decodes(kind: str) -> None:
+    """Exactly the limit's depth is accepted."""
+    assert decode(nested(kind, 64), 64) is not None
 
 
 # --- any input --------------------------------------------------------------------------------
