@@ -1,9 +1,11 @@
 """The console API client: one keep-alive session, signed requests, retries decided in one place,
 and the marker walk over DescribeFineTuningJobs."""
 
+import http.client
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -14,10 +16,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from . import __version__, signer
 from .errors import ApiError, MalformedResponse, PagingError, RetriesExhausted, TransientError
-from .pages import Page, excerpt, parse_page
+from .pages import Page, decode, excerpt, parse_page
+from .watchdog import Watch, WatchedAdapter
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,20 @@ MAX_PAGE_SIZE = 100
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Old-style Qianfan codes that arrive with HTTP 200: QPS limit, server busy, internal error.
-RETRY_OLD_CODES = frozenset({18, 336100, 500000})
+# They come as numbers or as strings, so they are compared as text.
+RETRY_OLD_CODES = frozenset({"18", "336100", "500000"})
+CHUNK_BYTES = 64 * 1024
+# What a server can make requests, urllib3 or http.client raise while a request is sent or its
+# answer read: a refused, reset or silent connection, a body shorter than its Content-Length
+# or a broken chunked encoding (ChunkedEncodingError), a Content-Encoding that does not decode
+# (ContentDecodingError), a status line or header they refuse. All are worth retrying.
+TRANSFER_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+USER_INFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)[^/?#]*@")
 POLICIES = (
     "QianfanFullControlAccessPolicy, QianfanReadAccessPolicy, "
     "QianfanModelTuningFullControlAccessPolicy or QianfanModelTuningReadAccessPolicy"
@@ -61,6 +78,19 @@ class RetryPolicy:
     def backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff for the attempt that just failed (1-based)."""
         return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one answer may cost, far above anything a real page needs (100 jobs are about
+    100 KB, four levels deep, and arrive in well under a second): its body's size after
+    decompression, its JSON nesting, and the wall-clock time of one attempt, from sending the
+    request to the body's last byte. A server over a limit fails that attempt, which is retried
+    like any transient failure; the read timeout alone cannot bound a server that trickles."""
+
+    max_body_bytes: int = 16 * 2**20
+    max_depth: int = 64
+    deadline_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -120,8 +150,38 @@ def retry_after(response: requests.Response) -> float | None:
     except ValueError:
         try:
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError, IndexError):
             return None
+
+
+def shown_url(url: str) -> str:
+    """A URL as qfsync may show it: user info (a password) replaced by ***, parsed or not."""
+    return USER_INFO.sub(r"\1***@", url)
+
+
+def text_of(value: Any) -> str | None:
+    """A code, message or id a server sent, as one short safe line, whatever JSON type it came
+    as (an old-style code is 18 or "18"); None for what is not text or a number."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return excerpt(str(value)) or None
+
+
+def read_capped(response: requests.Response, max_bytes: int) -> bytes:
+    """The whole body, decompressed, refused as soon as it passes `max_bytes`: urllib3
+    decompresses at most a chunk at a time, so a decompression bomb stops at the limit."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(CHUNK_BYTES):
+        size += len(chunk)
+        if size > max_bytes:
+            raise TransientError(
+                f"the answer's body passed the limit of {max_bytes:,} bytes (decompressed)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Client:
@@ -133,19 +193,20 @@ class Client:
         base_url: str = DEFAULT_BASE_URL,
         retry: RetryPolicy = RetryPolicy(),
         sleep: Callable[[float], Any] = time.sleep,
+        limits: Limits = Limits(),
     ):
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.base_url = check_base_url(base_url)
         self.credentials = credentials
-        self.base_url = base_url.rstrip("/")
-        self.host = parts.netloc
+        self.host = urlsplit(self.base_url).netloc
         self.retry = retry
+        self.limits = limits
         self.sleep = sleep
         self.requests_made = 0
         self.stats = ClientStats()
         self.session = requests.Session()
         self.session.headers["User-Agent"] = f"qfsync/{__version__}"
+        for prefix in ("http://", "https://"):
+            self.session.mount(prefix, WatchedAdapter())
 
     def close(self) -> None:
         self.session.close()
@@ -171,58 +232,109 @@ class Client:
         )
         return headers
 
-    def _attempt(self, body: dict[str, Any]) -> Page:
+    def _exchange(
+        self, body: dict[str, Any], stop: threading.Event | None
+    ) -> tuple[requests.Response, bytes]:
+        """Send one signed request and read its whole answer within the limits: the one place
+        that touches the network. Whatever goes wrong in transfer is a TransientError."""
+        response: requests.Response | None = None
+        failure: TransientError | None = None
+        with Watch(stop, self.limits.deadline_s) as watch:
+            try:
+                response = self.session.post(
+                    f"{self.base_url}{ROUTE}",
+                    params={"Action": ACTION},
+                    data=json.dumps(body),
+                    headers=self._signed_headers(),
+                    timeout=(self.retry.connect_timeout_s, self.retry.read_timeout_s),
+                    stream=True,
+                    # The signature is bound to the host: another host's answer is not the API's.
+                    allow_redirects=False,
+                )
+                with response:  # hands the connection back, or closes it if the body was cut
+                    raw = read_capped(response, self.limits.max_body_bytes)
+            except TRANSFER_ERRORS as exc:
+                failure = self._transfer_failure(exc, answered=response is not None)
+        # The watch cut the connection (or was about to): whatever was read is not the answer.
+        if watch.reason == "stopped":
+            raise TransientError(f"stopped while waiting for {self.base_url}")
+        if watch.reason == "deadline":
+            raise TransientError(
+                f"no complete answer from {self.base_url} within the limit of "
+                f"{self.limits.deadline_s:g}s per attempt"
+            )
+        if failure is not None:
+            raise failure
+        assert response is not None
+        return response, raw
+
+    def _transfer_failure(self, exc: BaseException, answered: bool) -> TransientError:
+        kind = type(exc).__name__
+        if not answered:
+            return TransientError(f"cannot reach {self.base_url}: {kind}")
+        if isinstance(exc, requests.exceptions.ContentDecodingError):
+            return TransientError(
+                f"the answer from {self.base_url} does not decode as its Content-Encoding "
+                f"says ({kind})"
+            )
+        return TransientError(f"the answer from {self.base_url} broke off ({kind})")
+
+    def _attempt(self, body: dict[str, Any], stop: threading.Event | None) -> Page:
         """One request; raises TransientError for what is worth retrying, ApiError for the rest."""
         self.requests_made += 1
+        response, raw = self._exchange(body, stop)
+        status = response.status_code
+        if 300 <= status < 400:
+            location = excerpt(shown_url(response.headers.get("Location") or "nowhere"))
+            raise ApiError(
+                "Redirect",
+                f"the endpoint redirects to {location}, and qfsync does not follow redirects "
+                "(each request is signed for one host)",
+                status=status,
+                hint="Set --endpoint to the console API's own URL",
+            )
         try:
-            response = self.session.post(
-                f"{self.base_url}{ROUTE}",
-                params={"Action": ACTION},
-                data=json.dumps(body),
-                headers=self._signed_headers(),
-                timeout=(self.retry.connect_timeout_s, self.retry.read_timeout_s),
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientError(f"cannot reach {self.base_url}: {type(exc).__name__}") from None
-        # Decode once, from bytes: JSON is UTF-8, and requests' .text would guess a charset.
-        raw = response.content
-        try:
-            decoded = json.loads(raw)
-        except ValueError:
-            decoded = None
-        if response.status_code != 200:
-            error = decoded if isinstance(decoded, dict) else {}
-            code = (
-                response.headers.get("X-Bce-Error-Code")
-                or error.get("code")
-                or f"HTTP{response.status_code}"
-            )
-            message = (
-                error.get("message") or response.headers.get("X-Bce-Error-Message") or excerpt(raw)
-            )
-            request_id = error.get("requestId") or response.headers.get("X-Bce-Request-Id")
-            if response.status_code in RETRY_STATUSES:
-                raise TransientError(
-                    f"HTTP {response.status_code} {code}: {message}", retry_after(response)
-                )
-            raise ApiError(code, message, request_id, response.status_code, HINTS.get(code))
-        if isinstance(decoded, dict) and "error_code" in decoded:
-            code = decoded.get("error_code")
-            message = str(decoded.get("error_msg", ""))
-            if code in RETRY_OLD_CODES:
-                raise TransientError(f"API error {code}: {message}")
-            raise ApiError(str(code), message, str(decoded.get("log_id") or "") or None, 200)
-        if decoded is None:
-            raise MalformedResponse("the body is not JSON", excerpt(raw))
-        return parse_page(decoded, raw)
+            decoded = decode(raw, self.limits.max_depth)
+        except MalformedResponse:
+            if status == 200:
+                raise
+            decoded = None  # an error page need not be JSON
+        error = decoded if isinstance(decoded, dict) else {}
+        if status == 200 and "error_code" not in error:
+            return parse_page(decoded, raw)
+        headers = response.headers
+        old_code = text_of(error.get("error_code"))
+        code = (
+            text_of(headers.get("X-Bce-Error-Code"))
+            or text_of(error.get("code"))
+            or old_code
+            or f"HTTP{status}"
+        )
+        message = (
+            text_of(error.get("message"))
+            or text_of(error.get("error_msg"))
+            or text_of(headers.get("X-Bce-Error-Message"))
+            or excerpt(raw)
+        )
+        if status in RETRY_STATUSES or old_code in RETRY_OLD_CODES:
+            raise TransientError(f"HTTP {status} {code}: {message}", retry_after(response))
+        request_id = (
+            text_of(error.get("requestId"))
+            or text_of(error.get("log_id"))
+            or text_of(headers.get("X-Bce-Request-Id"))
+        )
+        raise ApiError(code, message, request_id, status, HINTS.get(code))
 
     def fetch_page(self, body: dict[str, Any], stop: threading.Event | None = None) -> Page:
-        """One validated page, retried with backoff within the policy's attempts and total wait."""
+        """One validated page, retried with backoff within the policy's attempts and total wait;
+        a set `stop` ends a request in flight or a backoff at once."""
         waited = 0.0
         for attempt in range(1, self.retry.max_attempts + 1):
             try:
-                return self._attempt(body)
+                return self._attempt(body, stop)
             except TransientError as exc:
+                if stop is not None and stop.is_set():
+                    raise
                 delay = exc.retry_after
                 if delay is None:
                     delay = self.retry.backoff(attempt)
@@ -253,6 +365,26 @@ class Client:
         raise AssertionError("unreachable")
 
 
+def check_base_url(base_url: str) -> str:
+    """The base URL without a trailing slash, or ValueError saying what is wrong with it (the
+    URL shown without its user info)."""
+    shown = shown_url(base_url)
+    parts = urlsplit(base_url)
+    if "@" in parts.netloc:
+        # requests would send user info as Basic auth in place of the signature, and every
+        # message that names the endpoint would show the password.
+        raise ValueError(
+            f"{shown!r} holds a user name or password; the API takes QIANFAN_ACCESS_KEY and "
+            "QIANFAN_SECRET_KEY instead"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {shown!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{shown!r} has a query or fragment; give the base URL only")
+    parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    return base_url.rstrip("/")
+
+
 def walk(
     client: Client,
     query: JobQuery,
@@ -263,19 +395,33 @@ def walk(
 
     The marker is inclusive, so a server may repeat the job at a page boundary; only the previous
     page's ids are kept to drop such a repeat, which keeps memory flat however long the walk.
+
+    A server whose markers lead back to one already followed would loop for ever (the official
+    SDK's mock server does). Remembering every marker would cost memory in proportion to the
+    walk, so cycles are found with Brent's algorithm instead: one saved marker, moved forward
+    at each power of two pages, and a counter. Any cycle, A -> A, A -> B -> A or longer, is
+    found before the saved marker is requested a second time, within five times the pages
+    before and in the cycle (A -> A at once); pages of a cycle may be yielded twice first,
+    but a walk that ends in PagingError is never complete, so it deletes nothing.
     """
     if not 1 <= query.page_size <= MAX_PAGE_SIZE:
         raise ValueError(f"page size must be 1 to {MAX_PAGE_SIZE}, not {query.page_size}")
     previous_ids: set[str] = set()
+    saved, power, steps = marker, 1, 0  # Brent: the saved marker, the window, steps since saved
     while True:
         page = client.fetch_page(query.body(marker), stop)
         fresh = [job for job in page.jobs if job.job_id not in previous_ids]
         previous_ids = {job.job_id for job in page.jobs}
         next_marker = page.next_marker
-        if next_marker is not None and next_marker == marker:
+        steps += 1
+        if next_marker is not None and next_marker in (marker, saved):
+            cycle = 1 if next_marker == marker else steps
             raise PagingError(
-                f"the API returned the same marker {marker!r} twice; stopping rather than looping"
+                f"the API's markers go round in a circle of {cycle} page(s): nextMarker "
+                f"'{excerpt(next_marker)}' was followed before; stopping rather than looping"
             )
+        if steps == power:
+            saved, power, steps = next_marker, power * 2, 0
         yield Page(fresh, marker, next_marker, page.request_id)
         if next_marker is None:
             return

@@ -338,18 +338,88 @@ def one_job_page(job_id: str, next_marker: str | None) -> dict[str, Any]:
     return {"requestId": "r", "result": {"jobList": [{"jobId": job_id}], "pageInfo": info}}
 
 
-def test_repeated_marker_raises_paging_error() -> None:
-    """A server that hands back the marker it was given stops the walk instead of looping."""
-    with scripted(lambda n, body: (200, one_job_page("job-a", "job-a"))) as server:
-        pages: list[Page] = []
+def chain_server(prefix: int, cycle: int) -> Answer:
+    """A listing whose markers run m1 .. m<prefix>, then c1 .. c<cycle> and back to c1; each
+    page holds the job its marker names (inclusive markers), the first page job m0."""
+    names = [f"m{i}" for i in range(prefix + 1)] + [f"c{i}" for i in range(1, cycle + 1)]
+
+    def answer(n: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        here = names.index(body.get("marker", "m0"))
+        following = names[here + 1] if here + 1 < len(names) else names[prefix + 1]
+        return 200, one_job_page(names[here], following)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("prefix", "cycle"),
+    [(0, 1), (0, 2), (0, 3), (3, 1), (3, 2), (5, 7), (1, 40), (40, 3)],
+)
+def test_marker_cycle_of_any_length_raises_paging_error(prefix: int, cycle: int) -> None:
+    """Markers that lead back to one already followed (A -> A, A -> B -> A, longer, after any
+    run of good pages) end the walk with PagingError naming the cycle's length, within a
+    bounded number of requests (Brent: at most five times the pages before and in it)."""
+    with scripted(chain_server(prefix, cycle)) as server:
+        seen: list[str] = []
         with Client(DEMO, server.url, FAST) as client:
-            with pytest.raises(PagingError, match="'job-a' twice"):
+            with pytest.raises(PagingError, match=f"circle of {cycle} page") as caught:
                 for page in walk(client, JobQuery()):
-                    pages.append(page)
-                    if len(pages) > 5:
-                        pytest.fail("the walk kept following the same marker")
+                    seen += [job.job_id for job in page.jobs]
+                    assert len(seen) < 10 * (prefix + 1 + cycle), "the walk kept looping"
+            assert client.requests_made <= 5 * (prefix + 1 + cycle)
+    assert "stopping rather than looping" in str(caught.value)
+    # Every job of the listing was reached (but the one closing the circle may be the page
+    # whose nextMarker gave the cycle away, which is not yielded), and nothing else.
+    listing = [f"m{i}" for i in range(prefix + 1)] + [f"c{i}" for i in range(1, cycle + 1)]
+    assert set(listing[:-1]) <= set(seen) <= set(listing)
+
+
+def test_a_long_walk_without_a_cycle_is_not_mistaken_for_one(fake_api: FakeFactory) -> None:
+    """Brent's saved marker moves at powers of two: 300 distinct pages walk to the end."""
+    api = fake_api(300)
+    pages = walk_all(api, JobQuery(page_size=1))
+    assert raw_jobs(pages) == api.job_list() and len(pages) == 300
+
+
+@pytest.mark.parametrize("next_marker", [None, ""], ids=["missing", "empty"])
+def test_truncated_page_without_next_marker_fails_the_walk(next_marker: str | None) -> None:
+    """A page with isTruncated true but no nextMarker is retried as malformed and then fails
+    the walk, never taken as its last page."""
+    info: dict[str, Any] = {"isTruncated": True}
+    if next_marker is not None:
+        info["nextMarker"] = next_marker
+    body = {"result": {"jobList": [{"jobId": "job-a"}], "pageInfo": info}}
+    with scripted(lambda n, _: (200, body)) as server:
+        retry = RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.001)
+        with Client(DEMO, server.url, retry) as client:
+            with pytest.raises(RetriesExhausted, match="'pageInfo.nextMarker' is missing"):
+                list(walk(client, JobQuery()))
+            assert client.requests_made == 3
+
+
+@pytest.mark.parametrize("code", [18, "18", 336100, "336100", 500000, "500000", 18.0, " 18 "])
+def test_old_style_retryable_codes_are_retried_as_number_or_string(code: Any) -> None:
+    """error_code 18, 336100 and 500000 with HTTP 200, as a number or a string, are retried."""
+
+    def answer(n: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if n == 1:
+            return 200, {"error_code": code, "error_msg": "try later", "log_id": 1}
+        return 200, one_job_page("job-a", None)
+
+    with scripted(answer) as server:
+        with Client(DEMO, server.url, FAST) as client:
+            assert job_ids(list(walk(client, JobQuery()))) == ["job-a"]
             assert client.requests_made == 2
-    assert job_ids(pages) == ["job-a"]
+
+
+@pytest.mark.parametrize("code", [17, "17", "336101", 0, "abc", True, None, [18]])
+def test_other_old_style_codes_are_final(code: Any) -> None:
+    """Any other error_code (or one of another type) is an ApiError after one request."""
+    with scripted(lambda n, _: (200, {"error_code": code, "error_msg": "no"})) as server:
+        with Client(DEMO, server.url, FAST) as client:
+            with pytest.raises(ApiError, match="no"):
+                list(walk(client, JobQuery()))
+            assert client.requests_made == 1
 
 
 def test_every_attempt_is_signed_with_a_fresh_date() -> None:
