@@ -3,6 +3,7 @@ one line on stderr and a documented exit code, here and nowhere else."""
 
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -15,7 +16,15 @@ from sqlalchemy import Engine
 
 from . import __version__, api, db, logs, report, runs
 from .client import DEFAULT_BASE_URL, MAX_PAGE_SIZE, RetryPolicy
-from .errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted, QfsyncError, SyncLocked
+from .errors import (
+    EXIT_SIGINT,
+    EXIT_SIGPIPE,
+    EXIT_SIGTERM,
+    Interrupted,
+    QfsyncError,
+    SyncLocked,
+    one_line,
+)
 from .fake_api import DEFAULT_SEED, DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
 from .guard import DEFAULT as DEFAULT_MAX_DELETE
 from .lock import sync_lock
@@ -35,6 +44,7 @@ def say(message: str) -> None:
 
 
 def fail(message: str, exit_code: int, exc: BaseException | None = None) -> None:
+    message = one_line(message)
     if json_logs():
         facts = {key: getattr(exc, key, None) for key in ("run_id", "request_id")}
         if exc is not None:
@@ -172,10 +182,23 @@ def jobs(
     The quickest check of credentials and filters, and a preview of what a sync would store.
     """
     write = sys.stdout.write
-    for job in api.jobs(
-        train_mode=train_mode, model=model, page_size=page_size, reverse=reverse, **options
-    ):
-        write(dumps(job.to_json()) + "\n")
+    try:
+        for job in api.jobs(
+            train_mode=train_mode, model=model, page_size=page_size, reverse=reverse, **options
+        ):
+            write(dumps(job.to_json()) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        reader_gone()
+
+
+def reader_gone() -> None:
+    """The reader of stdout went away (`qfsync jobs | head`): end quietly with the status of a
+    tool killed by SIGPIPE, as `cat` and `seq` do. Python ignores SIGPIPE, so the write fails
+    instead; stdout now points at /dev/null, so that the interpreter's last flush of what is
+    still buffered does not complain either."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(EXIT_SIGPIPE)
 
 
 def database_option(command: Callable[..., Any]) -> Callable[..., Any]:

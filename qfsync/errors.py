@@ -10,6 +10,7 @@ EXIT_LOCKED = 3
 EXIT_STALE = 4
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+EXIT_SIGPIPE = 141  # `qfsync jobs | head`: the reader left, as for a tool killed by SIGPIPE
 
 
 # What must not reach a terminal, a log line or a database column from text a server chose:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import fits, logs, runs, store
 from .client import Client, JobQuery, walk
 from .db import describe, ensure_schema, mask
-from .errors import ApiError, DatabaseError, Interrupted, QfsyncError, SyncLocked
+from .errors import ApiError, DatabaseError, Interrupted, QfsyncError, SyncLocked, one_line
 from .guard import DEFAULT, DeleteLimit
 from .lock import sync_lock
 from .pages import Job, Page
@@ -175,6 +175,7 @@ class Sync:
         self._notify = notify or (lambda message: None)
 
     def note(self, message: str) -> None:
+        message = one_line(message)  # a note may quote a marker the server chose
         log.info(message)
         self.notes.append(message)
         self._notify(message)

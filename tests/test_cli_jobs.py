@@ -152,6 +152,64 @@ def test_unreachable_endpoint_is_one_clear_line(monkeypatch: pytest.MonkeyPatch)
     assert "Traceback" not in result.output
 
 
+PASSWORD = "s3cr3t-pw"
+ENDPOINTS_WITH_USER_INFO = [
+    "http://user:{password}@{host}",
+    "http://:{password}@{host}",
+    "https://us%40er:{password}@{host}/",
+    "http://user:p@{password}@{host}",  # an unencoded @ in the password
+    "ftp://user:{password}@{host}",
+    "http://user:{password}@[::1",
+]
+
+
+@pytest.mark.parametrize("template", ENDPOINTS_WITH_USER_INFO)
+def test_endpoint_with_user_info_is_refused_without_showing_it(
+    fake_api: FakeFactory, monkeypatch: pytest.MonkeyPatch, template: str
+) -> None:
+    """An --endpoint holding a user name or password exits 2 with one line that does not show
+    the password, and sends nothing (requests would send it as Basic auth)."""
+    api = fake_api(10)
+    monkeypatch.setenv("QIANFAN_ACCESS_KEY", DEMO_ACCESS_KEY)
+    monkeypatch.setenv("QIANFAN_SECRET_KEY", DEMO_SECRET_KEY)
+    endpoint = template.format(password=PASSWORD, host=api.url.removeprefix("http://"))
+    result = run("jobs", "--endpoint", endpoint)
+    assert result.exit_code == 2, result.output
+    [line] = lines(result.stderr)
+    assert line.startswith("qfsync: error: --endpoint: ")
+    assert PASSWORD not in result.output
+    assert api.request_count == 0
+
+
+@pytest.mark.slow
+def test_jobs_into_a_closed_pipe_ends_quietly(fake_api: FakeFactory, tmp_path: Path) -> None:
+    """`qfsync jobs | head -1`: when the reader closes the pipe after one line, qfsync stops
+    with the status of a tool killed by SIGPIPE (141) and nothing on stderr."""
+    api = fake_api(5000)  # megabytes of output: far more than a pipe's buffer holds
+    env = {
+        **os.environ,
+        "QIANFAN_ACCESS_KEY": DEMO_ACCESS_KEY,
+        "QIANFAN_SECRET_KEY": DEMO_SECRET_KEY,
+        "QIANFAN_CONSOLE_API_BASE_URL": api.url,
+    }
+    with subprocess.Popen(
+        [qfsync_command(), "jobs"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as listing:
+        assert listing.stdout is not None and listing.stderr is not None
+        first = listing.stdout.readline()
+        listing.stdout.close()
+        stderr = listing.stderr.read()
+        listing.wait(timeout=60)
+    assert json.loads(first).keys() == JOB_KEYS
+    assert listing.returncode == 141
+    assert stderr == b""
+    assert api.request_count < 50  # it stopped, rather than walking all 50 pages
+
+
 # --- help -------------------------------------------------------------------------------------
 
 OPTION_ENVVARS = {
