@@ -2,11 +2,11 @@
 
 requests' read timeout applies to each read, so a server that trickles a byte a second, or one
 that never answers while the operator presses Ctrl-C, can hold a request for as long as it
-likes. A `Watch` runs beside one attempt and, when the stop event is set or the attempt's
-deadline passes, shuts the attempt's socket down: the blocked recv() returns at once, in
-whichever thread it is, and the attempt fails with the watch's reason. Shutting a socket down
-(rather than closing it) leaves its file descriptor to its owner, so the descriptor cannot be
-reused under urllib3's feet.
+likes. Each attempt runs under a `Watch`; one watchdog thread checks the watches in flight
+and, when a watch's stop event is set or its deadline passes, shuts its socket down: the
+blocked recv() returns at once, in whichever thread it is, and the attempt fails with the
+watch's reason. Shutting a socket down (rather than closing it) leaves its file descriptor to
+its owner, so the descriptor cannot be reused under urllib3's feet.
 
 To know the socket, the session's connections record it, on the thread that sends them, in
 the watch of the attempt running on that thread (`WatchedAdapter`): when they connect, and
@@ -23,7 +23,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-POLL_S = 0.1  # how soon a stop request is noticed during a request
+POLL_S = 0.1  # how soon a stop request or a deadline is noticed during a request
 
 _current = threading.local()
 
@@ -33,60 +33,75 @@ class Watch:
 
     def __init__(self, stop: threading.Event | None, deadline_s: float):
         self.stop = stop
-        self.deadline_s = deadline_s
+        self.deadline = time.monotonic() + deadline_s
         self.reason: str | None = None  # "stopped" or "deadline", once the watch has fired
         self._socket: socket.socket | None = None
-        self._lock = threading.Lock()  # no shutdown once the attempt is over
-        self._over = False
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="qfsync-watch", daemon=True)
 
     def __enter__(self) -> "Watch":
         _current.watch = self
-        self._thread.start()
+        _watchdog.add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._over = True
-        self._done.set()
         _current.watch = None
-        self._thread.join()
+        _watchdog.remove(self)  # after this, the watchdog never touches the socket again
 
     def watch(self, sock: Any) -> None:
         if isinstance(sock, socket.socket):  # not TLS-in-TLS through a proxy: not cut
             self._socket = sock
 
-    def _run(self) -> None:
-        end = time.monotonic() + self.deadline_s
-        while not self._done.wait(max(0.0, min(POLL_S, end - time.monotonic()))):
+    def check(self, now: float) -> None:
+        """Fire if asked to stop or past the deadline; once fired, cut the socket, and keep
+        cutting (a connection still being made when the watch fired gets its socket later)."""
+        if self.reason is None:
             if self.stop is not None and self.stop.is_set():
                 self.reason = "stopped"
-            elif time.monotonic() >= end:
+            elif now >= self.deadline:
                 self.reason = "deadline"
             else:
-                continue
-            break
-        else:
-            return
-        # Keep cutting until the attempt ends: a connection still being made when the watch
-        # fired gets its socket only later.
-        while True:
-            self._cut()
-            if self._done.wait(POLL_S):
                 return
+        if self._socket is not None:
+            try:
+                # socket.socket's own shutdown: ssl.SSLSocket's would also drop its TLS state
+                # under the reading thread's feet.
+                socket.socket.shutdown(self._socket, socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed: nothing left to unblock
 
-    def _cut(self) -> None:
-        with self._lock:
-            if self._over:
-                return
-            if self._socket is not None:
-                try:
-                    # socket.socket's own shutdown: ssl.SSLSocket's would also drop its TLS
-                    # state under the reading thread's feet.
-                    socket.socket.shutdown(self._socket, socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already closed: nothing left to unblock
+
+class _Watchdog:
+    """One thread for every watch in the process, started on first use and asleep while no
+    request is in flight: a thread per attempt would cost a GIL hand-off or two (milliseconds)
+    on every page."""
+
+    def __init__(self) -> None:
+        self._watches: set[Watch] = set()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, watch: Watch) -> None:
+        with self._changed:
+            self._watches.add(watch)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="qfsync-watch", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def remove(self, watch: Watch) -> None:
+        with self._changed:
+            self._watches.discard(watch)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: bool(self._watches))
+                now = time.monotonic()
+                for watch in self._watches:
+                    watch.check(now)
+            time.sleep(POLL_S)
+
+
+_watchdog = _Watchdog()
 
 
 def _record(sock: Any) -> None:
