@@ -21,6 +21,7 @@ from .client import (
     Client,
     Credentials,
     JobQuery,
+    Limits,
     RetryPolicy,
     walk,
 )
@@ -71,6 +72,8 @@ def make_client(
             RetryPolicy(
                 max_attempts=max_attempts, max_wait_s=max_retry_wait, read_timeout_s=timeout
             ),
+            # An attempt's deadline never cuts short a read the operator allowed more time.
+            limits=Limits(deadline_s=max(Limits.deadline_s, timeout)),
         )
     except ValueError as exc:
         raise ConfigError(f"--endpoint: {exc}") from None
