@@ -1,6 +1,7 @@
 """The console API client: one keep-alive session, signed requests, retries decided in one place,
 and the marker walk over DescribeFineTuningJobs."""
 
+import copy
 import http.client
 import json
 import logging
@@ -12,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -21,8 +22,10 @@ import urllib3
 from . import __version__, signer
 from .errors import ApiError, MalformedResponse, PagingError, RetriesExhausted, TransientError
 from .pages import Page, decode, excerpt, parse_page
+from .throttle import Throttle
 from .watchdog import Watch, WatchedAdapter
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://qianfan.baidubce.com"
@@ -194,6 +197,7 @@ class Client:
         retry: RetryPolicy = RetryPolicy(),
         sleep: Callable[[float], Any] = time.sleep,
         limits: Limits = Limits(),
+        throttle: Throttle | None = None,
     ):
         self.base_url = check_base_url(base_url)
         self.credentials = credentials
@@ -201,12 +205,10 @@ class Client:
         self.retry = retry
         self.limits = limits
         self.sleep = sleep
+        self.throttle = throttle
         self.requests_made = 0
         self.stats = ClientStats()
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = f"qfsync/{__version__}"
-        for prefix in ("http://", "https://"):
-            self.session.mount(prefix, WatchedAdapter())
+        self.session = new_session()
 
     def close(self) -> None:
         self.session.close()
@@ -217,7 +219,16 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _signed_headers(self) -> dict[str, str]:
+    def worker(self, throttle: Throttle) -> "Client":
+        """A client for another thread: the same settings, limits and stats, its own session
+        and request count, and a throttle shared with its siblings (one 429 pauses them all)."""
+        twin = copy.copy(self)
+        twin.session = new_session()
+        twin.requests_made = 0
+        twin.throttle = throttle
+        return twin
+
+    def _signed_headers(self, action: str) -> dict[str, str]:
         # A fresh timestamp on every attempt: a retry after a long backoff must not be stale.
         timestamp = signer.utc_timestamp()
         headers = {"Host": self.host, "Content-Type": "application/json", "x-bce-date": timestamp}
@@ -226,14 +237,14 @@ class Client:
             self.credentials.secret_key,
             "POST",
             ROUTE,
-            {"Action": ACTION},
+            {"Action": action},
             headers,
             timestamp,
         )
         return headers
 
     def _exchange(
-        self, body: dict[str, Any], stop: threading.Event | None
+        self, action: str, body: dict[str, Any], stop: threading.Event | None
     ) -> tuple[requests.Response, bytes]:
         """Send one signed request and read its whole answer within the limits: the one place
         that touches the network. Whatever goes wrong in transfer is a TransientError."""
@@ -243,9 +254,9 @@ class Client:
             try:
                 response = self.session.post(
                     f"{self.base_url}{ROUTE}",
-                    params={"Action": ACTION},
+                    params={"Action": action},
                     data=json.dumps(body),
-                    headers=self._signed_headers(),
+                    headers=self._signed_headers(action),
                     timeout=(self.retry.connect_timeout_s, self.retry.read_timeout_s),
                     stream=True,
                     # The signature is bound to the host: another host's answer is not the API's.
@@ -279,10 +290,16 @@ class Client:
             )
         return TransientError(f"the answer from {self.base_url} broke off ({kind})")
 
-    def _attempt(self, body: dict[str, Any], stop: threading.Event | None) -> Page:
+    def _attempt(
+        self,
+        action: str,
+        body: dict[str, Any],
+        parse: Callable[[Any, bytes], T],
+        stop: threading.Event | None,
+    ) -> T:
         """One request; raises TransientError for what is worth retrying, ApiError for the rest."""
         self.requests_made += 1
-        response, raw = self._exchange(body, stop)
+        response, raw = self._exchange(action, body, stop)
         status = response.status_code
         if 300 <= status < 400:
             location = excerpt(shown_url(response.headers.get("Location") or "nowhere"))
@@ -301,7 +318,7 @@ class Client:
             decoded = None  # an error page need not be JSON
         error = decoded if isinstance(decoded, dict) else {}
         if status == 200 and "error_code" not in error:
-            return parse_page(decoded, raw)
+            return parse(decoded, raw)
         headers = response.headers
         old_code = text_of(error.get("error_code"))
         code = (
@@ -326,16 +343,31 @@ class Client:
         raise ApiError(code, message, request_id, status, HINTS.get(code))
 
     def fetch_page(self, body: dict[str, Any], stop: threading.Event | None = None) -> Page:
-        """One validated page, retried with backoff within the policy's attempts and total wait;
-        a set `stop` ends a request in flight or a backoff at once."""
+        """One validated page of DescribeFineTuningJobs."""
+        return self.call(ACTION, body, parse_page, stop)
+
+    def call(
+        self,
+        action: str,
+        body: dict[str, Any],
+        parse: Callable[[Any, bytes], T],
+        stop: threading.Event | None = None,
+    ) -> T:
+        """Any action on the route, its result validated by `parse(decoded, raw)`, retried with
+        backoff within the policy's attempts and total wait; a set `stop` ends a request in
+        flight or a backoff at once."""
         waited = 0.0
         for attempt in range(1, self.retry.max_attempts + 1):
+            if self.throttle is not None:
+                self.throttle.wait(stop)
             try:
-                return self._attempt(body, stop)
+                return self._attempt(action, body, parse, stop)
             except TransientError as exc:
                 if stop is not None and stop.is_set():
                     raise
                 delay = exc.retry_after
+                if delay is not None and self.throttle is not None:
+                    self.throttle.hold(delay)
                 if delay is None:
                     delay = self.retry.backoff(attempt)
                 last_try = attempt == self.retry.max_attempts
@@ -363,6 +395,14 @@ class Client:
                     self.sleep(delay)
                 waited += delay
         raise AssertionError("unreachable")
+
+
+def new_session() -> requests.Session:
+    session = requests.Session()
+    session.headers["User-Agent"] = f"qfsync/{__version__}"
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, WatchedAdapter())
+    return session
 
 
 def check_base_url(base_url: str) -> str:
