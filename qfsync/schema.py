@@ -12,6 +12,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Double,
     Index,
     Integer,
     MetaData,
@@ -137,6 +138,17 @@ sync_runs = Table(
     Column("host", String(255), comment="Host name of the machine that ran the sync."),
     Column("pid", Integer, comment="Process id of the sync."),
     Column("qfsync_version", String(32), nullable=False, comment="qfsync version that ran."),
+    *(
+        Column(name, Integer, nullable=False, default=0, server_default="0", comment=comment)
+        for name, comment in (
+            ("tasks_seen", "Tasks listed by the API for the jobs whose tasks this run fetched."),
+            ("tasks_inserted", "Tasks new to the table."),
+            ("tasks_updated", "Tasks whose item or progress changed, or that were listed again."),
+            ("tasks_unchanged", "Tasks listed exactly as stored; only last_seen_at was touched."),
+            ("tasks_deleted", "Stored tasks that a complete listing of their job no longer had."),
+            ("task_requests", "Requests for tasks: task lists and running tasks' progress."),
+        )
+    ),
     Index(None, "started_at"),
     Index(None, "status", "finished_at"),
     Index(None, "train_mode_filter", "model_filter", "mode", "started_at"),
@@ -221,3 +233,114 @@ finetuning_job_versions = Table(
 )
 
 VERSIONED_FIELDS = ("name", "description", "model", "train_mode")
+
+TaskId = String(128)
+
+finetuning_tasks = Table(
+    "finetuning_tasks",
+    metadata,
+    Column("task_id", TaskId, primary_key=True, comment="Qianfan taskId."),
+    Column("job_id", JobId, nullable=False, comment="The jobId the task belongs to."),
+    Column(
+        "parameter_scale",
+        String(64),
+        comment="parameterScale: FullFineTuning, LoRA or PromptTuning.",
+    ),
+    Column(
+        "run_status",
+        String(32),
+        comment="runStatus: Running, Done, Stopped, Failed, Waiting; NULL if not started.",
+    ),
+    Column(
+        "run_progress",
+        Double,
+        comment="runProgress as a number from 0 to 100 while Running; NULL otherwise.",
+    ),
+    Column("created_at", UtcDateTime, comment="createDate from the API, UTC."),
+    Column(
+        "finished_at", UtcDateTime, comment="finishDate from the API, UTC; NULL while unfinished."
+    ),
+    Column(
+        "duration_s",
+        Double,
+        comment="Seconds from created_at to finished_at; NULL while unfinished.",
+    ),
+    Column("raw", JSON, nullable=False, comment="The taskList item exactly as received."),
+    Column(
+        "content_hash",
+        String(64),
+        nullable=False,
+        comment="SHA-256 of the item and the progress, to tell unchanged tasks cheaply.",
+    ),
+    Column(
+        "first_seen_at", UtcDateTime, nullable=False, comment="When a sync first stored the task."
+    ),
+    Column(
+        "last_seen_at",
+        UtcDateTime,
+        nullable=False,
+        comment="When a sync last found the task listed.",
+    ),
+    Column(
+        "deleted_at",
+        UtcDateTime,
+        comment="When a complete listing of its job's tasks first missed it; NULL while listed.",
+    ),
+    Column(
+        "last_run_id",
+        Integer,
+        nullable=False,
+        comment="The sync_runs.id that last inserted, changed, saw or deleted the task.",
+    ),
+    Index(None, "job_id"),
+    Index(None, "run_status"),
+    Index(None, "created_at"),
+    Index(None, "finished_at"),
+    comment="Every fine-tuning task (a run of a job) qfsync has seen, one row per task.",
+    **MYSQL_TABLE,
+)
+
+finetuning_task_versions = Table(
+    "finetuning_task_versions",
+    metadata,
+    Column("task_id", TaskId, primary_key=True, comment="Qianfan taskId."),
+    Column(
+        "version",
+        Integer,
+        primary_key=True,
+        autoincrement=False,
+        comment="1 for the first version seen, then 2, 3, ...",
+    ),
+    Column(
+        "valid_from", UtcDateTime, nullable=False, comment="When the sync first saw this version."
+    ),
+    Column(
+        "valid_to",
+        UtcDateTime,
+        comment="When it was replaced or the task disappeared; NULL for the current version.",
+    ),
+    Column("run_status", String(32), comment="runStatus in this version; NULL if not started."),
+    Column("finished_at", UtcDateTime, comment="finishDate in this version, UTC."),
+    Column("run_id", Integer, nullable=False, comment="The sync_runs.id that opened the version."),
+    Index(None, "valid_from"),
+    comment="History: one row per distinct (run_status, finished_at) of a task.",
+    **MYSQL_TABLE,
+)
+
+finetuning_task_lists = Table(
+    "finetuning_task_lists",
+    metadata,
+    Column("job_id", JobId, primary_key=True, comment="Qianfan jobId."),
+    Column(
+        "fetched_at",
+        UtcDateTime,
+        nullable=False,
+        comment="When a sync last listed all of the job's tasks.",
+    ),
+    Column("tasks", Integer, nullable=False, comment="How many tasks that listing held."),
+    Column("run_id", Integer, nullable=False, comment="The sync_runs.id that listed them."),
+    comment="Bookkeeping: when each job's tasks were last listed, so a sync knows what is due.",
+    **MYSQL_TABLE,
+)
+
+TASK_VERSIONED_FIELDS = ("run_status", "finished_at")
