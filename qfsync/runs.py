@@ -12,10 +12,28 @@ from . import __version__
 from .errors import LockLost
 from .schema import sync_runs
 from .store import Counts, Scope
+from .task_store import TaskCounts
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 FULL, INCREMENTAL = "full", "incremental"
-COUNTS = ("pages", "jobs_seen", "jobs_inserted", "jobs_updated", "jobs_unchanged", "jobs_deleted")
+# TaskCounts' fields as sync_runs names them.
+TASK_COUNTS = {
+    "seen": "tasks_seen",
+    "inserted": "tasks_inserted",
+    "updated": "tasks_updated",
+    "unchanged": "tasks_unchanged",
+    "deleted": "tasks_deleted",
+    "requests": "task_requests",
+}
+COUNTS = (
+    "pages",
+    "jobs_seen",
+    "jobs_inserted",
+    "jobs_updated",
+    "jobs_unchanged",
+    "jobs_deleted",
+    *TASK_COUNTS.values(),
+)
 ABANDONED = (
     "abandoned: its process ended, or lost the sync lock, without finishing the run "
     "(the lock was free)"
@@ -128,6 +146,21 @@ def record_page(
             jobs_unchanged=c.jobs_unchanged + counts.unchanged,
             next_marker=next_marker,
             progress_at=utcnow(),
+        )
+    )
+    check_fenced(updated.rowcount, run_id)
+
+
+def record_tasks(connection: Connection, run_id: int, counts: TaskCounts) -> None:
+    """Add task counts to the run, in the transaction that wrote the tasks; fenced like a
+    page's progress."""
+    c = sync_runs.c
+    updated = connection.execute(
+        update(sync_runs)
+        .where(still_running(run_id))
+        .values(
+            {c[column]: c[column] + getattr(counts, name) for name, column in TASK_COUNTS.items()}
+            | {c.progress_at: utcnow()}
         )
     )
     check_fenced(updated.rowcount, run_id)

@@ -17,7 +17,7 @@ from datetime import datetime
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Connection, Engine, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import fits, logs, runs, store
@@ -28,6 +28,8 @@ from .guard import DEFAULT, DeleteLimit
 from .lock import sync_lock
 from .pages import Job, Page
 from .store import Counts, Scope
+from .task_store import TaskCounts
+from .task_sync import Listings, TaskSync
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,12 @@ class SyncResult:
     jobs_updated: int = 0
     jobs_unchanged: int = 0
     jobs_deleted: int = 0
+    tasks_seen: int = 0
+    tasks_inserted: int = 0
+    tasks_updated: int = 0
+    tasks_unchanged: int = 0
+    tasks_deleted: int = 0
+    task_requests: int = 0
     duration_s: float = 0.0
     resumed_from: int | None = None
     requests: int = 0
@@ -68,6 +76,10 @@ class SyncResult:
         self.jobs_inserted += counts.inserted
         self.jobs_updated += counts.updated
         self.jobs_unchanged += counts.unchanged
+
+    def add_tasks(self, counts: TaskCounts) -> None:
+        for name, column in runs.TASK_COUNTS.items():
+            setattr(self, column, getattr(self, column) + getattr(counts, name))
 
     def to_json(self) -> dict[str, Any]:
         """What `qfsync sync --json` prints: every field but the notes, which go to stderr."""
@@ -162,8 +174,10 @@ class Sync:
         notify: Callable[[str], None] | None = None,
         migrate: bool = True,
         max_delete: DeleteLimit | None = None,
+        tasks: TaskSync | None = None,
     ):
         self.engine, self.client, self.query = engine, client, query
+        self.tasks = tasks  # also sync each listed job's tasks (`--tasks`)
         self.incremental, self.restart, self.wait_s = incremental, restart, wait_s
         self.migrate = migrate
         self.max_delete = max_delete or DeleteLimit.parse(DEFAULT)
@@ -288,13 +302,18 @@ class Sync:
         return QfsyncError(f"internal error: {type(exc).__name__}: {exc}")
 
     def _write(self, result: SyncResult, page: Page, run_id: int) -> Counts:
-        """Commit one page and the run's progress in one transaction. The progress update is
-        fenced (runs.record_page): a run that lost its lock writes nothing more."""
+        """Commit one page, its jobs' tasks (with --tasks) and the run's progress in one
+        transaction. The progress update is fenced (runs.record_page): a run that lost its lock
+        writes nothing more."""
         fits.check_page(page.jobs, page.next_marker, self.engine.dialect.name)
+        listings = self._fetch_tasks(page)
         with self.engine.begin() as connection:
             counts = store.write_jobs(connection, page.jobs, run_id, runs.utcnow())
             runs.record_page(connection, run_id, len(page.jobs), counts, page.next_marker)
+            task_counts = self._write_tasks(connection, listings, run_id)
         result.add(len(page.jobs), counts)
+        if task_counts is not None:
+            result.add_tasks(task_counts)
         log_page(result.pages, page, counts)
         self.progress(result)
         return counts
@@ -303,6 +322,36 @@ class Sync:
         """Between pages only; never after the last, so a finished run stays finished."""
         if self.stop.reason is not None:
             raise self.stop.reason
+
+    # --- tasks (`--tasks`): fetched before the page's transaction, written inside it
+
+    def _fetch_tasks(self, page: Page) -> Listings | None:
+        if self.tasks is None:
+            return None
+        job_ids = [job.job_id for job in page.jobs]
+        return self.tasks.fetch(self.engine, job_ids, runs.utcnow(), self.stop.event)
+
+    def _write_tasks(
+        self, connection: Connection, listings: Listings | None, run_id: int
+    ) -> TaskCounts | None:
+        if self.tasks is None or listings is None:
+            return None
+        counts = self.tasks.write(connection, listings, run_id, runs.utcnow())
+        runs.record_tasks(connection, run_id, counts)
+        return counts
+
+    def _refresh_unfinished(self, result: SyncResult) -> None:
+        """After an incremental walk, the unfinished tasks of jobs that it did not reach."""
+        if self.tasks is None:
+            return
+        unfinished = self.tasks.unfinished(self.engine, self.scope, result.run_id, self.stop.event)
+        for listings in unfinished:
+            with self.engine.begin() as connection:
+                counts = self._write_tasks(connection, listings, result.run_id)
+            if counts is not None:
+                result.add_tasks(counts)
+            if self.stop.reason is not None:
+                raise self.stop.reason
 
     def _first_page(
         self, query: JobQuery, marker: str | None, result: SyncResult, started_at: datetime
@@ -386,6 +435,7 @@ class Sync:
             done = page.is_last
             counts = self._write(result, page, result.run_id)
             if counts.changed == 0 or done:
+                self._refresh_unfinished(result)
                 with self.engine.begin() as connection:
                     runs.succeed(connection, result.run_id, complete=done, deleted=0)
                 return

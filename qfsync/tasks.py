@@ -1,0 +1,163 @@
+"""Fetching tasks: the marker walk over one job's DescribeFineTuningTasks, each running task's
+progress from DescribeFineTuningTask, and many jobs' task lists fetched side by side.
+
+Task lists are independent of each other, so `TaskFetcher` fetches them with a bounded number
+of requests in flight, each worker thread with a client of its own; a 429 with Retry-After
+seen by any of them pauses them all (a shared `Throttle`). The jobs walk stays sequential.
+"""
+
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from functools import partial
+from typing import Any
+
+from .client import MAX_PAGE_SIZE, Client
+from .errors import PagingError, QfsyncError
+from .task_pages import (
+    DETAIL_ACTION,
+    LIST_ACTION,
+    RUNNING,
+    Task,
+    TaskPage,
+    parse_progress,
+    parse_task_page,
+)
+from .throttle import Throttle
+
+DEFAULT_CONCURRENCY = 8
+# A job with this many pages of tasks (a million at 100 a page) is a server that never ends.
+MAX_TASK_PAGES = 10_000
+
+
+def walk_tasks(
+    client: Client,
+    job_id: str,
+    page_size: int = MAX_PAGE_SIZE,
+    stop: threading.Event | None = None,
+) -> Iterator[TaskPage]:
+    """Yield each page of one job's task list, each task once, until the last page.
+
+    As for jobs, the marker is taken to be inclusive, so a task repeated at a page boundary is
+    dropped. A job's task list is short, so every marker is kept to catch a cycle of any length.
+    """
+    marker: str | None = None
+    markers: set[str] = set()
+    previous_ids: set[str] = set()
+    parse = partial(parse_task_page, job_id)
+    for _ in range(MAX_TASK_PAGES):
+        body: dict[str, Any] = {"jobId": job_id, "maxKeys": page_size, "pageReverse": False}
+        if marker is not None:
+            body["marker"] = marker
+        page = client.call(LIST_ACTION, body, parse, stop)
+        fresh = [task for task in page.tasks if task.task_id not in previous_ids]
+        previous_ids = {task.task_id for task in page.tasks}
+        next_marker = page.next_marker
+        if next_marker is not None and next_marker in markers | {marker}:
+            raise PagingError(
+                f"the tasks of job {job_id}: the API returned the marker {next_marker!r:.60} "
+                "again; stopping rather than looping"
+            )
+        yield TaskPage(fresh, marker, next_marker)
+        if next_marker is None:
+            return
+        markers.add(next_marker)
+        marker = next_marker
+    raise PagingError(f"the tasks of job {job_id} run past {MAX_TASK_PAGES} pages; stopping")
+
+
+def job_tasks(
+    client: Client,
+    job_id: str,
+    page_size: int = MAX_PAGE_SIZE,
+    stop: threading.Event | None = None,
+) -> list[Task]:
+    """Every task of one job, a running task with its progress: a complete listing."""
+    tasks = [task for page in walk_tasks(client, job_id, page_size, stop) for task in page.tasks]
+    return [
+        task.with_progress(
+            client.call(
+                DETAIL_ACTION,
+                {"taskId": task.task_id},
+                partial(parse_progress, task.task_id),
+                stop,
+            )
+        )
+        if task.run_status == RUNNING
+        else task
+        for task in tasks
+    ]
+
+
+class TaskFetcher:
+    """Many jobs' task lists at once, at most `concurrency` requests in flight."""
+
+    def __init__(
+        self,
+        client: Client,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        page_size: int = MAX_PAGE_SIZE,
+    ):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        self.client, self.page_size = client, page_size
+        self.throttle = Throttle()
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="qfsync-tasks")
+        self._local = threading.local()
+        self._workers: list[Client] = []
+        self._workers_lock = threading.Lock()
+
+    @property
+    def requests_made(self) -> int:
+        with self._workers_lock:
+            return sum(worker.requests_made for worker in self._workers)
+
+    def _client(self) -> Client:
+        worker = getattr(self._local, "client", None)
+        if worker is None:
+            worker = self._local.client = self.client.worker(self.throttle)
+            with self._workers_lock:
+                self._workers.append(worker)
+        return worker
+
+    def _job_tasks(self, job_id: str, halt: threading.Event) -> list[Task]:
+        if halt.is_set():
+            raise QfsyncError("stopped before fetching the tasks of job " + job_id)
+        return job_tasks(self._client(), job_id, self.page_size, halt)
+
+    def fetch(
+        self, job_ids: Sequence[str], stop: threading.Event | None = None
+    ) -> dict[str, list[Task]]:
+        """Every task of each job, in the order of `job_ids`; the first failure is raised once
+        the requests in flight have ended, and no request starts after it (nor after `stop`)."""
+        # Its own event per call: a failure here halts this call's fetches, not the next call's.
+        halt = threading.Event()
+        futures: dict[str, Future[list[Task]]] = {
+            job_id: self._pool.submit(self._job_tasks, job_id, halt) for job_id in job_ids
+        }
+        pending = set(futures.values())
+        first: BaseException | None = None
+        while pending:
+            done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
+            if first is None:
+                first = next((f.exception() for f in done if f.exception() is not None), None)
+            if first is not None or (stop is not None and stop.is_set()):
+                halt.set()
+        if first is not None:
+            raise first
+        if halt.is_set():
+            raise QfsyncError("stopped while fetching tasks")
+        return {job_id: future.result() for job_id, future in futures.items()}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._workers_lock:
+            for worker in self._workers:
+                worker.close()
+            self._workers = []
+
+    def __enter__(self) -> "TaskFetcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
