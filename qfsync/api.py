@@ -1,5 +1,6 @@
 """qfsync as a library: `sync` runs one sync as `qfsync sync` does, `jobs` walks the API as
-`qfsync jobs` does. The command line is a thin layer over these two.
+`qfsync jobs` does, `tasks` lists tasks as `qfsync tasks` does. The command line is a thin layer
+over these.
 
 Both take the command's options as keyword arguments (`--no-migrate` is `migrate=False`);
 credentials, endpoint and database URL fall back to the same environment variables. Failures
@@ -11,7 +12,8 @@ are named `qfsync.*`.
 import contextvars
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from . import db, fits, runs
@@ -33,6 +35,9 @@ from .pages import Job
 from .schema import sync_runs
 from .store import Scope
 from .syncer import StopFlag, Sync, SyncResult
+from .task_pages import Task
+from .task_sync import DEFAULT_MAX_AGE, TaskSync
+from .tasks import DEFAULT_CONCURRENCY, TaskFetcher
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -137,6 +142,42 @@ def jobs(
     return generate()
 
 
+def tasks(
+    *,
+    job_ids: Sequence[str] = (),
+    endpoint: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    train_mode: str | None = None,
+    model: str | None = None,
+    page_size: int = MAX_PAGE_SIZE,
+    task_concurrency: int = DEFAULT_CONCURRENCY,
+    max_attempts: int = RetryPolicy.max_attempts,
+    max_retry_wait: float = RetryPolicy.max_wait_s,
+    timeout: float = RetryPolicy.read_timeout_s,
+) -> Iterator[Task]:
+    """Every task of the jobs `job_ids` (or of every job the API lists, with the filters), a
+    running one with its progress, without touching a database; up to `task_concurrency`
+    requests in flight. Requests start with the first task asked for."""
+    query = job_query(train_mode, model, page_size)
+    if task_concurrency < 1:
+        raise ConfigError(f"task_concurrency must be at least 1, not {task_concurrency}")
+    client = make_client(endpoint, access_key, secret_key, max_attempts, max_retry_wait, timeout)
+
+    def generate() -> Iterator[Task]:
+        with client, TaskFetcher(client, task_concurrency) as fetcher:
+            batches: Iterator[list[str]] = (
+                iter([list(job_ids)])
+                if job_ids
+                else ([job.job_id for job in page.jobs] for page in walk(client, query))
+            )
+            for batch in batches:
+                for listed in fetcher.fetch(batch).values():
+                    yield from listed
+
+    return generate()
+
+
 def sync(
     database_url: str | None = None,
     *,
@@ -154,6 +195,9 @@ def sync(
     wait: float = 0.0,
     migrate: bool = True,
     max_delete: str | DeleteLimit = DEFAULT_MAX_DELETE,
+    tasks: bool = False,
+    tasks_max_age: timedelta = DEFAULT_MAX_AGE,
+    task_concurrency: int = DEFAULT_CONCURRENCY,
     metrics_file: str | os.PathLike[str] | None = None,
     pushgateway: str | None = None,
     stop: StopFlag | None = None,
@@ -165,7 +209,10 @@ def sync(
     metrics, also when it fails. `max_delete` (`200` jobs or `50%` of the scope's listed jobs)
     bounds what a complete walk may mark deleted. `stop.request(...)` from another thread ends
     it at the next page boundary; `progress` gets the result after each page, `notify` each
-    note for the operator."""
+    note for the operator. With `tasks`, each listed job's tasks too
+    (see `qfsync sync --help`)."""
+    if task_concurrency < 1:
+        raise ConfigError(f"task_concurrency must be at least 1, not {task_concurrency}")
     query = job_query(train_mode, model, page_size)
     limit = sync_settings(query, max_delete)
     outputs = Outputs(Path(metrics_file) if metrics_file else None, pushgateway)
@@ -178,7 +225,7 @@ def sync(
             client = attempt.client = make_client(
                 endpoint, access_key, secret_key, max_attempts, max_retry_wait, timeout
             )
-            with client:
+            with client, TaskFetcher(client, task_concurrency) as fetcher:
                 engine = db.connect(url)
                 # Sync migrates the schema itself, under the lock.
                 attempt.sync = Sync(
@@ -193,6 +240,9 @@ def sync(
                     notify=notify,
                     migrate=migrate,
                     max_delete=limit,
+                    tasks=TaskSync(fetcher, None if incremental else tasks_max_age)
+                    if tasks
+                    else None,
                 )
                 result = attempt.sync.run()
             log.info(
@@ -220,4 +270,4 @@ def sync(
     return contextvars.copy_context().run(run)
 
 
-__all__ = ["Job", "StopFlag", "SyncResult", "jobs", "sync"]
+__all__ = ["Job", "StopFlag", "SyncResult", "Task", "jobs", "sync", "tasks"]

@@ -8,7 +8,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -29,6 +29,8 @@ from .fake_api import DEFAULT_SEED, DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, F
 from .guard import DEFAULT as DEFAULT_MAX_DELETE
 from .lock import sync_lock
 from .syncer import StopFlag, SyncResult
+from .task_sync import DEFAULT_MAX_AGE
+from .tasks import DEFAULT_CONCURRENCY
 
 log = logging.getLogger("qfsync")
 
@@ -201,6 +203,40 @@ def reader_gone() -> None:
     sys.exit(EXIT_SIGPIPE)
 
 
+def concurrency_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--task-concurrency",
+        type=click.IntRange(1, 64),
+        default=DEFAULT_CONCURRENCY,
+        show_default=True,
+        help="Task requests in flight at once (a 429 with Retry-After pauses them all).",
+    )(command)
+
+
+@main.command("tasks")
+@api_options
+@concurrency_option
+@click.option(
+    "--job-id",
+    "job_ids",
+    multiple=True,
+    help="Only this job's tasks (repeatable); without it, the tasks of every listed job.",
+)
+def tasks_command(**options: Any) -> None:
+    """Print the tasks of a job, or of every job, one JSON object a line, without touching a
+    database: running tasks with their progress, as a `sync --tasks` would store them."""
+    write = sys.stdout.write
+    for task in api.tasks(**options):
+        write(dumps(task.to_json()) + "\n")
+
+
+def parse_max_age(_ctx: click.Context, _param: click.Parameter, value: str) -> Any:
+    try:
+        return report.parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--database-url",
@@ -277,6 +313,22 @@ def progress_printer() -> Callable[[SyncResult], None]:
     "listed jobs (50%; up to 10 jobs are always allowed). Beyond it the run fails and deletes "
     "nothing.",
 )
+@click.option(
+    "--tasks",
+    is_flag=True,
+    help="Also sync each listed job's tasks (runs), in the same transaction as its page.",
+)
+@click.option(
+    "--tasks-max-age",
+    metavar="DURATION",
+    default=f"{DEFAULT_MAX_AGE.days}d",
+    show_default=True,
+    callback=parse_max_age,
+    help="With --tasks, a full sync lists again the tasks of jobs whose tasks all finished "
+    "once they were last listed longer ago than this (90s, 30m, 26h, 7d). New jobs and jobs "
+    "with unfinished tasks are listed on every sync.",
+)
+@concurrency_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result as one JSON object.")
 @click.option(
     "--metrics-file",
@@ -291,7 +343,10 @@ def progress_printer() -> Callable[[SyncResult], None]:
     "and mode), also on failure.",
 )
 def sync(as_json: bool, no_migrate: bool, **options: Any) -> None:
-    """Walk every page of the API and upsert each job, recording the run in sync_runs."""
+    """Walk every page of the API and upsert each job, recording the run in sync_runs.
+
+    With --tasks, each job's tasks too: those of new jobs and of jobs with an unfinished task
+    every time, the others once --tasks-max-age has passed (a full sync only)."""
     stop = StopFlag()
     install_signal_handlers(stop)
     try:
@@ -314,6 +369,12 @@ def sync(as_json: bool, no_migrate: bool, **options: Any) -> None:
             f"{result.jobs_updated} updated, {result.jobs_unchanged} unchanged, "
             f"{result.jobs_deleted} deleted in {result.duration_s:.1f}s"
         )
+        if options["tasks"]:
+            click.echo(
+                f"  tasks: {result.tasks_seen} seen: {result.tasks_inserted} inserted, "
+                f"{result.tasks_updated} updated, {result.tasks_unchanged} unchanged, "
+                f"{result.tasks_deleted} deleted; {result.task_requests} task requests"
+            )
 
 
 RUN_COLUMNS = ("id", "started_at", "status", "mode", *runs.COUNTS, "duration_s", "error")
@@ -441,6 +502,12 @@ def current(database_url: str) -> None:
     help="Fail every request after this many pages.",
 )
 @click.option("--no-auth", is_flag=True, help="Accept unsigned requests.")
+@click.option(
+    "--real-time",
+    is_flag=True,
+    help="Date the jobs up to an hour ago and let tasks run by the real clock (else the fake's "
+    "own clock stands still an hour after the newest job). SIGUSR1 lets an hour pass.",
+)
 def fake_api(
     host: str,
     port: int,
@@ -455,8 +522,10 @@ def fake_api(
     busy_rate: float,
     fail_after_pages: int | None,
     no_auth: bool,
+    real_time: bool,
 ) -> None:
-    """Serve a local fake of DescribeFineTuningJobs, for the demo, tests and rehearsals."""
+    """Serve a local fake of DescribeFineTuningJobs and of each job's tasks
+    (DescribeFineTuningTasks, DescribeFineTuningTask), for the demo, tests and rehearsals."""
 
     faults = Faults(
         latency_s=latency_ms / 1000,
@@ -468,7 +537,26 @@ def fake_api(
         busy_rate=busy_rate,
         fail_after_pages=fail_after_pages,
     )
-    api = FakeApi(job_count, seed, faults, host, port, check_auth=not no_auth)
+    api = FakeApi(
+        job_count,
+        seed,
+        faults,
+        host,
+        port,
+        check_auth=not no_auth,
+        now=datetime.now(UTC) if real_time else None,
+        live=real_time,
+    )
+
+    def let_an_hour_pass(_signum: int, _frame: Any) -> None:
+        changed = api.advance(3600)
+        click.echo(
+            f"fake API: an hour passed; {len(changed['added'])} tasks added to old jobs, "
+            f"{len(changed['deleted'])} deleted",
+            err=True,
+        )
+
+    signal.signal(signal.SIGUSR1, let_an_hour_pass)
     try:
         api.start()
     except OSError as exc:

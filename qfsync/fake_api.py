@@ -1,8 +1,14 @@
-"""A local stand-in for the console API action DescribeFineTuningJobs, with faults on demand.
+"""A local stand-in for the console API actions DescribeFineTuningJobs, DescribeFineTuningTasks
+and DescribeFineTuningTask, with faults on demand.
 
 It speaks the documented request and response shapes, checks bce-auth-v1 signatures, answers
 errors the way Baidu Cloud does, and can misbehave in the ways a sync must survive. The demo,
 the tests and the benchmark all run against it.
+
+Each job has zero to several tasks, drawn from the seed and the job's id. A task's status
+follows the fake's clock: Waiting (or an empty status) until it starts, Running with a
+progress, then Done, or less often Failed or Stopped. `advance()` moves the clock, which also
+adds tasks to old jobs and deletes one, so a test can let time pass between two syncs.
 """
 
 import hmac
@@ -14,6 +20,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -30,6 +37,8 @@ DEFAULT_SEED = 42
 
 ROUTE = "/v2/finetuning"
 ACTION = "DescribeFineTuningJobs"
+TASKS_ACTION = "DescribeFineTuningTasks"
+TASK_ACTION = "DescribeFineTuningTask"
 DEFAULT_MAX_KEYS = 10
 MAX_MAX_KEYS = 100
 MAX_CLOCK_SKEW_S = 15 * 60
@@ -48,6 +57,7 @@ TRAIN_MODES = ("SFT", "PostPretrain", "DPO", "KTO")
 TRAIN_MODE_WEIGHTS = (70, 12, 10, 8)
 
 Job = dict[str, str]
+FakeTask = dict[str, Any]  # the listed fields, plus private ones (a leading "_") for its timeline
 # ascending: oldest first, pageReverse gives newest first (as documented); descending: the other
 # way round; ignores-reverse: always oldest first.
 ORDERS = ("ascending", "descending", "ignores-reverse")
@@ -207,6 +217,88 @@ class _View(NamedTuple):
     positions: dict[str, int]
 
 
+# --- tasks -----------------------------------------------------------------------------------
+
+ZERO_DATE = "0000-00-00T00:00:00Z"
+TASK_COUNTS, TASK_COUNT_WEIGHTS = (0, 1, 2, 3, 4), (15, 45, 25, 10, 5)
+OUTCOMES, OUTCOME_WEIGHTS = ("Done", "Failed", "Stopped"), (85, 10, 5)
+SCALES, SCALE_WEIGHTS = ("FullFineTuning", "LoRA", "PromptTuning"), (30, 60, 10)
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _new_task(rng: random.Random, job_id: str, created: int) -> FakeTask:
+    start = created + rng.randint(0, 1800)  # queued for up to half an hour
+    return {
+        "taskId": "task-" + "".join(rng.choices(_ID_ALPHABET, k=12)),
+        "jobId": job_id,
+        "parameterScale": rng.choices(SCALES, SCALE_WEIGHTS)[0],
+        "createDate": _iso(created),
+        "_start": start,
+        "_end": start + rng.randint(1800, 10 * 3600),  # runs half an hour to ten hours
+        "_outcome": rng.choices(OUTCOMES, OUTCOME_WEIGHTS)[0],
+        # The SDK treats an empty runStatus as pending too.
+        "_pending": "" if rng.random() < 0.2 else "Waiting",
+    }
+
+
+def _generate_tasks(seed: int, job: Job, now: float) -> list[FakeTask]:
+    """A job's tasks created up to `now`: the first soon after the job, later ones hours or
+    days apart. The same seed and job give the same tasks, whatever the other jobs."""
+    rng = random.Random(f"{seed}:tasks:{job['jobId']}")
+    count = rng.choices(TASK_COUNTS, TASK_COUNT_WEIGHTS)[0]
+    created = _epoch(job["createTime"]) + rng.randint(300, 7200)
+    tasks = []
+    for _ in range(count):
+        if created > now:
+            break
+        tasks.append(_new_task(rng, job["jobId"], created))
+        created += rng.randint(3600, 3 * 86400)
+    return tasks
+
+
+def _status(task: FakeTask, now: float) -> str:
+    if now < task["_start"]:
+        return task["_pending"]
+    return "Running" if now < task["_end"] else task["_outcome"]
+
+
+def _listed_task(task: FakeTask, job: Job, now: float) -> dict[str, Any]:
+    """The task as DescribeFineTuningTasks lists it at `now`."""
+    status = _status(task, now)
+    return {
+        "taskId": task["taskId"],
+        "jobId": job["jobId"],
+        "jobName": job["name"],
+        "jobDescription": job["description"],
+        "model": job["model"],
+        "trainMode": job["trainMode"],
+        "parameterScale": task["parameterScale"],
+        "runStatus": status,
+        "createDate": task["createDate"],
+        "finishDate": _iso(task["_end"]) if status in OUTCOMES else ZERO_DATE,
+    }
+
+
+def _task_detail(task: FakeTask, job: Job, now: float) -> dict[str, Any]:
+    """The task as DescribeFineTuningTask describes it: progress while running, metrics once
+    done."""
+    detail = _listed_task(task, job, now)
+    detail["vdlLink"] = f"https://console.bce.baidu.com/qianfan/vdl/{task['taskId']}"
+    if detail["runStatus"] == "Running":
+        elapsed = (now - task["_start"]) / (task["_end"] - task["_start"])
+        detail["runProgress"] = f"{min(99, int(elapsed * 100))}%"
+    elif detail["runStatus"] == "Done":
+        rng = random.Random(task["taskId"])
+        detail["metrics"] = {
+            name: f"{rng.uniform(10, 60):.2f}%"
+            for name in ("BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L")
+        }
+    return detail
+
+
 # --- request checks ---------------------------------------------------------------------------
 
 
@@ -291,6 +383,42 @@ def _optional_str(request: Mapping[str, Any], field: str) -> str | None:
     return value or None
 
 
+def _decode(raw_body: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(raw_body) if raw_body.strip() else {}
+    except ValueError:  # also invalid UTF-8
+        raise _Reject(400, "MalformedJSON", "The body is not well-formed JSON.") from None
+    if not isinstance(request, dict):
+        raise _Reject(400, "MalformedJSON", "The request body must be a JSON object.")
+    return request
+
+
+def _paged(
+    items: list[Any],
+    positions: Mapping[str, int],
+    key: str,
+    marker: str | None,
+    max_keys: int,
+    overlap: bool,
+) -> tuple[list[Any], dict[str, Any]]:
+    """The page that starts at `marker` (inclusive) and its pageInfo."""
+    start = 0
+    if marker is not None:
+        position = positions.get(marker)
+        if position is None:
+            raise _invalid_argument(f"marker is invalid: {marker!r:.60} is not in this listing")
+        start = position
+    end = start + max_keys
+    page_info: dict[str, Any] = {
+        "marker": marker or "",
+        "maxKeys": max_keys,
+        "isTruncated": end < len(items),
+    }
+    if page_info["isTruncated"]:
+        page_info["nextMarker"] = items[end - 1 if overlap else end][key]
+    return items[start:end], page_info
+
+
 # --- the service ------------------------------------------------------------------------------
 
 
@@ -307,6 +435,8 @@ class FakeApi:
         check_auth: bool = True,
         order: str = "ascending",
         clock_offset_s: float = 0.0,
+        now: datetime | None = None,
+        live: bool = False,
     ):
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}")
@@ -322,7 +452,20 @@ class FakeApi:
         self._last_created = _FIRST_CREATE_TIME
         self._jobs = self._generate(jobs)
         self._views: dict[tuple[str | None, str | None, bool], _View] = {}
+        self._by_id: dict[str, Job] | None = None
+        # The tasks' clock: by default an hour after the newest job. Given `now`, the jobs are
+        # moved in time so that the newest was created an hour before it; `live` lets the clock
+        # run with the real one from there. advance() adds to it.
+        if now is not None:
+            self._shift_jobs(int(now.timestamp()) - 3600 - self._last_created)
+        self._clock_base = float(self._last_created + 3600)
+        self._live_since = time.time() if live else None
+        self._advanced_s = 0.0
+        self._advances = 0
+        # A job's tasks, made when first asked for (a 100k-job fake need not make them all).
+        self._tasks: dict[str, list[FakeTask]] = {}
         self.request_count = 0
+        self.requests_by_action: Counter[str] = Counter()
         self.pages_served = 0
         self.bodies: list[dict[str, Any]] = []
         self.faults = faults or Faults()
@@ -347,6 +490,7 @@ class FakeApi:
     def reset_counters(self) -> None:
         with self._lock:
             self.request_count = 0
+            self.requests_by_action = Counter()
             self.pages_served = 0
             self._pages_before_faults = 0
             self.bodies = []
@@ -364,6 +508,10 @@ class FakeApi:
             if roll < 0:
                 return fault
         return None
+
+    def _count_action(self, action: str | None) -> None:
+        with self._lock:
+            self.requests_by_action[action or ""] += 1
 
     def _busy_log_id(self) -> int:
         with self._lock:
@@ -388,7 +536,7 @@ class FakeApi:
         with self._lock:
             new = self._generate(n)
             self._jobs = self._jobs + new
-            self._views = {}
+            self._views, self._by_id = {}, None
         return [dict(job) for job in new]
 
     def _generate(self, n: int) -> list[Job]:
@@ -398,6 +546,86 @@ class FakeApi:
             # hand out createTimes earlier than ones a client has already seen.
             self._last_created = _epoch(new[-1]["createTime"])
         return new
+
+    def _shift_jobs(self, seconds: int) -> None:
+        for job in self._jobs:
+            job["createTime"] = _iso(_epoch(job["createTime"]) + seconds)
+        self._last_created += seconds
+
+    # -- tasks
+
+    def now(self) -> float:
+        """The fake's present, in epoch seconds, by which its tasks run."""
+        live = 0.0 if self._live_since is None else time.time() - self._live_since
+        return self._clock_base + self._advanced_s + live
+
+    def _job(self, job_id: str) -> Job | None:
+        if self._by_id is None:
+            self._by_id = {job["jobId"]: job for job in self._jobs}
+        return self._by_id.get(job_id)
+
+    def _tasks_of(self, job: Job) -> list[FakeTask]:
+        """The job's tasks (made on first use); call with the lock held."""
+        tasks = self._tasks.get(job["jobId"])
+        if tasks is None:
+            tasks = self._tasks[job["jobId"]] = _generate_tasks(self._seed, job, self.now())
+        return tasks
+
+    def task_list(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's tasks as DescribeFineTuningTasks lists them now, oldest first."""
+        with self._lock:
+            job = self._job(job_id)
+            if job is None:
+                raise KeyError(f"no such job: {job_id}")
+            now = self.now()
+            return [_listed_task(task, job, now) for task in self._tasks_of(job)]
+
+    def task_detail(self, task_id: str) -> dict[str, Any]:
+        """The task as DescribeFineTuningTask describes it now."""
+        with self._lock:
+            for job_id, tasks in self._tasks.items():
+                job = self._job(job_id)
+                if job is None:  # a deleted job's tasks are gone with it
+                    continue
+                for task in tasks:
+                    if task["taskId"] == task_id:
+                        return _task_detail(task, job, self.now())
+        raise KeyError(f"no such task: {task_id}")
+
+    def advance(self, seconds: float = 3600.0) -> dict[str, list[str]]:
+        """Let `seconds` pass: tasks start, progress and finish; a new task appears on a few old
+        jobs whose tasks had all finished (one in fifty, at least one); one finished task is
+        deleted. Returns the ids of the tasks added and deleted. Deterministic from the seed."""
+        with self._lock:
+            for job in self._jobs:
+                self._tasks_of(job)
+            self._advanced_s += seconds
+            self._advances += 1
+            rng = random.Random(f"{self._seed}:advance:{self._advances}")
+            now = self.now()
+            idle = [
+                job
+                for job in self._jobs
+                if _epoch(job["createTime"]) < now - 86400
+                and all(_status(task, now) in OUTCOMES for task in self._tasks[job["jobId"]])
+            ]
+            added = []
+            for job in rng.sample(idle, min(len(idle), max(1, len(self._jobs) // 50))):
+                task = _new_task(rng, job["jobId"], int(now) - rng.randint(60, 3600))
+                self._tasks[job["jobId"]].append(task)
+                added.append(task["taskId"])
+            finished = sorted(
+                (task["taskId"], job_id)
+                for job_id, tasks in self._tasks.items()
+                for task in tasks
+                if _status(task, now) in OUTCOMES and task["taskId"] not in added
+            )
+            deleted = []
+            if finished:
+                task_id, job_id = rng.choice(finished)
+                self._tasks[job_id] = [t for t in self._tasks[job_id] if t["taskId"] != task_id]
+                deleted.append(task_id)
+        return {"added": added, "deleted": deleted}
 
     def _change(self, job_ids: Iterable[str], change: Callable[[Job], Job | None]) -> None:
         wanted = set(job_ids)
@@ -415,7 +643,7 @@ class FakeApi:
             if wanted - found:
                 raise KeyError(f"no such jobs: {sorted(wanted - found)}")
             self._jobs = kept
-            self._views = {}
+            self._views, self._by_id = {}, None
 
     def _view(self, train_mode: str | None, model: str | None, reverse: bool) -> _View:
         key = (train_mode, model, reverse)
@@ -439,14 +667,8 @@ class FakeApi:
                     self._views[key] = view
         return view
 
-    def _describe(self, raw_body: bytes, overlap: bool) -> dict[str, Any]:
+    def _describe(self, request: dict[str, Any], overlap: bool) -> dict[str, Any]:
         """The `result` of one page, or _Reject for a request the real service would refuse."""
-        try:
-            request = json.loads(raw_body) if raw_body.strip() else {}
-        except ValueError:  # also invalid UTF-8
-            raise _Reject(400, "MalformedJSON", "The body is not well-formed JSON.") from None
-        if not isinstance(request, dict):
-            raise _Reject(400, "MalformedJSON", "The request body must be a JSON object.")
         self.bodies.append(request)
         max_keys = _max_keys(request.get("maxKeys"))
         train_mode = _optional_str(request, "trainMode")
@@ -456,21 +678,37 @@ class FakeApi:
         if reverse is not None and not isinstance(reverse, bool):
             raise _invalid_argument("pageReverse must be a boolean")
         view = self._view(train_mode, model, bool(reverse))
-        start = 0
-        if marker is not None:
-            position = view.positions.get(marker)
-            if position is None:
-                raise _invalid_argument(f"marker is invalid: {marker!r:.60} is not in this listing")
-            start = position
-        end = start + max_keys
-        page_info: dict[str, Any] = {
-            "marker": marker or "",
-            "maxKeys": max_keys,
-            "isTruncated": end < len(view.jobs),
-        }
-        if page_info["isTruncated"]:
-            page_info["nextMarker"] = view.jobs[end - 1 if overlap else end]["jobId"]
-        return {"jobList": view.jobs[start:end], "pageInfo": page_info}
+        jobs, page_info = _paged(view.jobs, view.positions, "jobId", marker, max_keys, overlap)
+        return {"jobList": jobs, "pageInfo": page_info}
+
+    def _describe_tasks(self, request: dict[str, Any], overlap: bool) -> dict[str, Any]:
+        """One page of a job's tasks, paged with markers like jobs."""
+        job_id = _optional_str(request, "jobId")
+        if job_id is None:
+            raise _invalid_argument("jobId is required")
+        max_keys = _max_keys(request.get("maxKeys"))
+        marker = _optional_str(request, "marker")
+        reverse = request.get("pageReverse")
+        if reverse is not None and not isinstance(reverse, bool):
+            raise _invalid_argument("pageReverse must be a boolean")
+        try:
+            tasks = self.task_list(job_id)
+        except KeyError:
+            raise _invalid_argument(f"jobId {job_id!r:.60} does not exist") from None
+        if reverse:
+            tasks.reverse()
+        positions = {task["taskId"]: i for i, task in enumerate(tasks)}
+        page, page_info = _paged(tasks, positions, "taskId", marker, max_keys, overlap)
+        return {"taskList": page, "pageInfo": page_info}
+
+    def _describe_task(self, request: dict[str, Any], overlap: bool) -> dict[str, Any]:
+        task_id = _optional_str(request, "taskId")
+        if task_id is None:
+            raise _invalid_argument("taskId is required")
+        try:
+            return self.task_detail(task_id)
+        except KeyError:
+            raise _invalid_argument(f"taskId {task_id!r:.60} does not exist") from None
 
     def _page_served(self) -> None:
         with self._lock:
@@ -616,6 +854,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path != ROUTE:
             raise _Reject(404, "NotFound", f"No such route: {path!r:.80}.")
         api = self.server.api
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        api._count_action(query.get("Action"))
         faults = api.faults
         fault = api._next_fault(faults)
         if faults.latency_s > 0 and self.server.stopping.wait(faults.latency_s):
@@ -639,14 +879,21 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.command != "POST":
             raise _Reject(405, "MethodNotAllowed", f"{ROUTE} accepts POST only.", {"Allow": "POST"})
-        query = dict(parse_qsl(url.query, keep_blank_values=True))
         if api.check_auth:
             _check_authorization(
                 self.command, path, query, self.headers, time.time() + api.clock_offset_s
             )
-        if query.get("Action") != ACTION:
-            raise _invalid_argument(f"Action must be {ACTION}, not {query.get('Action')!r:.60}")
-        result = api._describe(raw_body, faults.boundary_overlap)
+        actions = {
+            ACTION: api._describe,
+            TASKS_ACTION: api._describe_tasks,
+            TASK_ACTION: api._describe_task,
+        }
+        action = actions.get(query.get("Action", ""))
+        if action is None:
+            raise _invalid_argument(
+                f"Action must be one of {', '.join(actions)}, not {query.get('Action')!r:.60}"
+            )
+        result = action(_decode(raw_body), faults.boundary_overlap)
         request_id = str(uuid.uuid4())
         text = json.dumps({"requestId": request_id, "result": result}, ensure_ascii=False)
         if fault == _MALFORMED:
