@@ -466,6 +466,9 @@ class FakeApi:
         self._tasks: dict[str, list[FakeTask]] = {}
         self.request_count = 0
         self.requests_by_action: Counter[str] = Counter()
+        # Requests being answered at once now, and the most so far: what a client's
+        # concurrency bound looks like from the server.
+        self.in_flight = self.max_in_flight = 0
         self.pages_served = 0
         self.bodies: list[dict[str, Any]] = []
         self.faults = faults or Faults()
@@ -491,6 +494,7 @@ class FakeApi:
         with self._lock:
             self.request_count = 0
             self.requests_by_action = Counter()
+            self.max_in_flight = self.in_flight
             self.pages_served = 0
             self._pages_before_faults = 0
             self.bodies = []
@@ -508,6 +512,11 @@ class FakeApi:
             if roll < 0:
                 return fault
         return None
+
+    def _in_flight(self, change: int) -> None:
+        with self._lock:
+            self.in_flight += change
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
     def _count_action(self, action: str | None) -> None:
         with self._lock:
@@ -830,6 +839,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server_version
 
     def do_POST(self) -> None:
+        api = self.server.api
+        api._in_flight(+1)
         try:
             self._answer()
         except _Reject as reject:
@@ -839,6 +850,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             traceback.print_exc()
             self._send_error(_Reject(*_INTERNAL_ERROR))
+        finally:
+            api._in_flight(-1)
 
     do_GET = do_PUT = do_DELETE = do_PATCH = do_POST
 

@@ -21,6 +21,8 @@ from qfsync import db
 from qfsync.client import Client, Credentials, JobQuery, RetryPolicy
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
 from qfsync.syncer import Sync, SyncResult
+from qfsync.task_sync import DEFAULT_MAX_AGE, TaskSync
+from qfsync.tasks import TaskFetcher
 
 DIALECTS = ("sqlite", "postgresql", "mysql")
 SERVER_ENV = {"postgresql": "QFSYNC_TEST_POSTGRES_URL", "mysql": "QFSYNC_TEST_MYSQL_URL"}
@@ -167,9 +169,18 @@ FAST_RETRY = RetryPolicy(base_delay_s=0.001, max_delay_s=0.01, max_attempts=10)
 
 @pytest.fixture
 def run_sync() -> Callable[..., SyncResult]:
-    """Run one sync in-process against a fake API, with a quick retry policy."""
+    """Run one sync in-process against a fake API, with a quick retry policy; `tasks=True`
+    syncs tasks too (`tasks_max_age`, `task_concurrency` as the CLI's options)."""
 
-    def run(engine: Engine, api: FakeApi, retry: RetryPolicy = FAST_RETRY, **kwargs) -> SyncResult:
+    def run(
+        engine: Engine,
+        api: FakeApi,
+        retry: RetryPolicy = FAST_RETRY,
+        tasks: bool = False,
+        tasks_max_age=DEFAULT_MAX_AGE,
+        task_concurrency: int = 4,
+        **kwargs,
+    ) -> SyncResult:
         query = JobQuery(
             kwargs.pop("train_mode", None),
             kwargs.pop("model", None),
@@ -177,6 +188,10 @@ def run_sync() -> Callable[..., SyncResult]:
         )
         credentials = Credentials(DEMO_ACCESS_KEY, kwargs.pop("secret_key", DEMO_SECRET_KEY))
         with Client(credentials, api.url, retry) as client:
-            return Sync(engine, client, query, **kwargs).run()
+            with TaskFetcher(client, task_concurrency) as fetcher:
+                if tasks:
+                    max_age = None if kwargs.get("incremental") else tasks_max_age
+                    kwargs["tasks"] = TaskSync(fetcher, max_age)
+                return Sync(engine, client, query, **kwargs).run()
 
     return run

@@ -1,0 +1,317 @@
+"""sync --tasks on every dialect, over loopback HTTP: tasks stored exactly as listed, their
+history as time passes, exact counts, and only the task requests a sync needs."""
+
+import json
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from qfsync.cli import main
+from qfsync.errors import RetriesExhausted
+from qfsync.fake_api import Faults
+from qfsync.pages import parse_time
+from qfsync.schema import (
+    finetuning_jobs,
+    finetuning_task_lists,
+    finetuning_task_versions,
+    finetuning_tasks,
+    sync_runs,
+)
+from qfsync.task_pages import FINAL_STATUSES, ZERO_DATE
+
+JOBS = 250
+EVERY_TIME = timedelta(0)  # --tasks-max-age 0: list every job's tasks again
+
+
+def listed(api) -> dict[str, tuple[dict, float | None]]:
+    """Every task the fake lists now, with the progress DescribeFineTuningTask gives it."""
+    found = {}
+    for job in api.job_list():
+        for item in api.task_list(job["jobId"]):
+            progress = None
+            if item["runStatus"] == "Running":
+                progress = float(api.task_detail(item["taskId"])["runProgress"].rstrip("%"))
+            found[item["taskId"]] = (item, progress)
+    return found
+
+
+def unfinished_jobs(api) -> set[str]:
+    """Jobs with a task that is not Done, Failed or Stopped (an empty status included)."""
+    return {
+        item["jobId"] for item, _ in listed(api).values() if item["runStatus"] not in FINAL_STATUSES
+    }
+
+
+def stored(engine) -> dict[str, dict]:
+    with engine.connect() as connection:
+        return {
+            row["task_id"]: dict(row)
+            for row in connection.execute(select(finetuning_tasks)).mappings()
+        }
+
+
+def expected_row(item: dict, progress: float | None) -> dict:
+    created = parse_time(item["createDate"])
+    finished = None if item["finishDate"] == ZERO_DATE else parse_time(item["finishDate"])
+    return {
+        "task_id": item["taskId"],
+        "job_id": item["jobId"],
+        "parameter_scale": item["parameterScale"],
+        "run_status": item["runStatus"] or None,
+        "run_progress": progress,
+        "created_at": created,
+        "finished_at": finished,
+        "duration_s": (finished - created).total_seconds() if finished else None,
+        "raw": item,
+        "deleted_at": None,
+    }
+
+
+def assert_stored_as_listed(engine, api) -> dict[str, tuple[dict, float | None]]:
+    now = listed(api)
+    rows = stored(engine)
+    live = {task_id: row for task_id, row in rows.items() if row["deleted_at"] is None}
+    assert live.keys() == now.keys()
+    for task_id, (item, progress) in now.items():
+        row = live[task_id]
+        assert {key: row[key] for key in expected_row(item, progress)} == expected_row(
+            item, progress
+        )
+    return now
+
+
+def versions(engine) -> list[tuple]:
+    vc = finetuning_task_versions.c
+    with engine.connect() as connection:
+        return list(
+            connection.execute(
+                select(vc.task_id, vc.version, vc.run_status, vc.finished_at, vc.valid_to).order_by(
+                    vc.task_id, vc.version
+                )
+            ).all()
+        )
+
+
+def test_first_sync_stores_every_task_exactly_as_listed(engine, fake_api, run_sync):
+    """After one `--tasks` sync, finetuning_tasks holds every task of every job field for
+    field (progress for running tasks, NULL finish while unfinished), one open version each,
+    and the run's task counts and requests are exact."""
+    api = fake_api(JOBS)
+    result = run_sync(engine, api, tasks=True)
+    now = assert_stored_as_listed(engine, api)
+    statuses = {item["runStatus"] for item, _ in now.values()}
+    assert {"Done", "Running"} <= statuses  # the fake's data exercises both kinds
+    running = sum(item["runStatus"] == "Running" for item, _ in now.values())
+    assert (result.tasks_seen, result.tasks_inserted, result.tasks_updated) == (
+        len(now),
+        len(now),
+        0,
+    )
+    assert result.task_requests == JOBS + running
+    assert api.requests_by_action["DescribeFineTuningTasks"] == JOBS
+    assert api.requests_by_action["DescribeFineTuningTask"] == running
+    with engine.connect() as connection:
+        run = connection.execute(select(sync_runs)).mappings().one()
+        assert connection.scalar(select(func.count()).select_from(finetuning_task_lists)) == JOBS
+    assert (run["tasks_seen"], run["tasks_inserted"], run["task_requests"]) == (
+        len(now),
+        len(now),
+        JOBS + running,
+    )
+    assert len(versions(engine)) == len(now)
+    assert all(valid_to is None for *_, valid_to in versions(engine))
+
+
+def test_time_passing_is_recorded_as_versions_with_exact_counts(engine, fake_api, run_sync):
+    """After the fake's clock moves on (tasks progress and finish, new tasks on old jobs, one
+    deleted), a sync that lists every job's tasks again stores the new state, opens a version
+    per status change, marks the deleted task, and counts each kind exactly."""
+    api = fake_api(JOBS)
+    run_sync(engine, api, tasks=True)
+    before = listed(api)
+    changed = api.advance(3 * 3600)
+    after = listed(api)
+    assert changed["added"] and changed["deleted"]
+    result = run_sync(engine, api, tasks=True, tasks_max_age=EVERY_TIME)
+
+    assert_stored_as_listed(engine, api)
+    new = after.keys() - before.keys()
+    gone = before.keys() - after.keys()
+    both = after.keys() & before.keys()
+    updated = {t for t in both if after[t] != before[t]}
+    status_changed = {
+        t
+        for t in both
+        if (after[t][0]["runStatus"], after[t][0]["finishDate"])
+        != (before[t][0]["runStatus"], before[t][0]["finishDate"])
+    }
+    assert new == set(changed["added"]) and gone == set(changed["deleted"])
+    assert status_changed, "three hours must finish or start some task"
+    assert (
+        result.tasks_seen,
+        result.tasks_inserted,
+        result.tasks_updated,
+        result.tasks_unchanged,
+        result.tasks_deleted,
+    ) == (len(after), len(new), len(updated), len(both) - len(updated), len(gone))
+
+    rows = stored(engine)
+    (deleted,) = gone
+    assert rows[deleted]["deleted_at"] is not None
+    history = versions(engine)
+    assert len(history) == len(before) + len(new) + len(status_changed)
+    by_task: dict[str, list[tuple]] = {}
+    for task_id, version, status, finished_at, valid_to in history:
+        by_task.setdefault(task_id, []).append((version, status, finished_at, valid_to))
+    for task_id in status_changed:
+        (v1, old, _, closed), (v2, current, _, still_open) = by_task[task_id]
+        assert (v1, v2, old, current) == (
+            1,
+            2,
+            before[task_id][0]["runStatus"] or None,
+            after[task_id][0]["runStatus"] or None,
+        )
+        assert closed is not None and still_open is None
+    assert by_task[deleted][-1][3] is not None  # a deleted task's version is closed
+
+
+def test_incremental_asks_only_for_new_jobs_and_unfinished_tasks(engine, fake_api, run_sync):
+    """`--incremental --tasks` lists the tasks of the new jobs and of the jobs with an
+    unfinished task, and describes each running one: no other task request."""
+    api = fake_api(JOBS)
+    run_sync(engine, api, tasks=True)
+    unfinished = unfinished_jobs(api)
+    assert unfinished
+    new = [job["jobId"] for job in api.add(5)]
+    api.advance(4 * 3600)  # the new jobs get tasks; some old jobs get new ones (not looked at)
+    api.reset_counters()
+    result = run_sync(engine, api, tasks=True, incremental=True)
+
+    asked = set(new) | unfinished
+    running = sum(item["runStatus"] == "Running" for job in asked for item in api.task_list(job))
+    assert api.requests_by_action["DescribeFineTuningTasks"] == len(asked)
+    assert api.requests_by_action["DescribeFineTuningTask"] == running
+    assert result.task_requests == len(asked) + running
+    assert result.jobs_inserted == 5 and result.mode == "incremental"
+    with engine.connect() as connection:
+        refreshed = set(
+            connection.scalars(
+                select(finetuning_task_lists.c.job_id).where(
+                    finetuning_task_lists.c.run_id == result.run_id
+                )
+            )
+        )
+    assert refreshed == asked
+
+
+def test_full_sync_lists_old_finished_jobs_only_once_max_age_passed(engine, fake_api, run_sync):
+    """With the default --tasks-max-age, a second full sync lists only the jobs with an
+    unfinished task; with a max age already passed, every job."""
+    api = fake_api(JOBS)
+    first = run_sync(engine, api, tasks=True)
+    busy = len(unfinished_jobs(api))
+    api.reset_counters()
+    second = run_sync(engine, api, tasks=True)
+    assert api.requests_by_action["DescribeFineTuningTasks"] == busy < JOBS
+    assert second.tasks_inserted == 0 and second.tasks_seen < first.tasks_seen
+    api.reset_counters()
+    run_sync(engine, api, tasks=True, tasks_max_age=EVERY_TIME)
+    assert api.requests_by_action["DescribeFineTuningTasks"] == JOBS
+
+
+def test_a_deleted_job_keeps_its_tasks(engine, fake_api, run_sync):
+    """When a job disappears, its tasks keep their rows (not marked deleted) and leave the
+    finetuning_tasks_current view with it."""
+    api = fake_api(JOBS)
+    run_sync(engine, api, tasks=True)
+    job = next(j["jobId"] for j in api.job_list() if len(api.task_list(j["jobId"])) >= 2)
+    tasks = {item["taskId"] for item in api.task_list(job)}
+    api.delete([job])
+    result = run_sync(engine, api, tasks=True, tasks_max_age=EVERY_TIME)
+    assert result.jobs_deleted == 1 and result.tasks_deleted == 0
+    rows = stored(engine)
+    assert all(rows[t]["deleted_at"] is None for t in tasks)
+    with engine.connect() as connection:
+        assert (
+            connection.scalar(
+                select(finetuning_jobs.c.deleted_at).where(finetuning_jobs.c.job_id == job)
+            )
+            is not None
+        )
+        current = set(
+            connection.execute(
+                select(finetuning_tasks.c.task_id).select_from(finetuning_tasks)
+            ).scalars()
+        )
+        in_view = set(
+            connection.exec_driver_sql("SELECT task_id FROM finetuning_tasks_current").scalars()
+        )
+    assert tasks <= current and not tasks & in_view
+    assert len(in_view) == len(current) - len(tasks)
+
+
+def test_failed_walk_keeps_each_committed_page_with_its_tasks(engine, fake_api, run_sync):
+    """A walk that fails midway leaves every committed job with its tasks (page, tasks and
+    counts commit together); the resumed sync completes them, exactly as listed."""
+    api = fake_api(JOBS)
+    api.faults = Faults(fail_after_pages=150)  # past the first page's 100 task lists
+    with pytest.raises(RetriesExhausted):
+        run_sync(engine, api, tasks=True, task_concurrency=1)
+    with engine.connect() as connection:
+        jobs = set(connection.scalars(select(finetuning_jobs.c.job_id)))
+        listed_jobs = set(connection.scalars(select(finetuning_task_lists.c.job_id)))
+        run = connection.execute(select(sync_runs)).mappings().one()
+        task_count = connection.scalar(select(func.count()).select_from(finetuning_tasks))
+    assert jobs and jobs == listed_jobs and len(jobs) < JOBS
+    assert run["status"] == "failed" and run["tasks_inserted"] == task_count
+    api.faults = Faults()
+    resumed = run_sync(engine, api, tasks=True)
+    assert resumed.resumed_from == run["id"]
+    assert_stored_as_listed(engine, api)
+
+
+def test_throttling_on_task_requests_is_retried(engine, fake_api, run_sync):
+    """With a third of all requests answered 429 (Retry-After 0), every task is still stored
+    exactly, and the fetches ran side by side within the bound."""
+    api = fake_api(120, faults=Faults(throttle_rate=0.3, retry_after_s=0, latency_s=0.02))
+    run_sync(engine, api, tasks=True, task_concurrency=4)
+    api.faults = Faults()
+    assert_stored_as_listed(engine, api)
+    assert 2 <= api.max_in_flight <= 4 + 1  # four task fetches and the prefetched jobs page
+
+
+def test_cli_sync_tasks_json_and_tasks_command(database_url, fake_api, api_env):
+    """`sync --tasks --json` prints the task counts; `qfsync tasks` prints every task as JSON
+    Lines without a database, the same records a sync stores."""
+    api = fake_api(120)
+    api_env(api)
+    runner = CliRunner()
+    synced = runner.invoke(main, ["sync", "--tasks", "--json", "--database-url", database_url])
+    assert synced.exit_code == 0, synced.output
+    summary = json.loads(synced.stdout)
+    now = listed(api)
+    assert summary["tasks_seen"] == summary["tasks_inserted"] == len(now)
+    assert summary["task_requests"] > 0 and summary["tasks_deleted"] == 0
+    printed = runner.invoke(main, ["tasks", "--task-concurrency", "3"])
+    assert printed.exit_code == 0, printed.output
+    records = [json.loads(line) for line in printed.stdout.splitlines()]
+    assert {r["task_id"] for r in records} == now.keys()
+    for record in records:
+        item, progress = now[record["task_id"]]
+        assert record["raw"] == item and record["run_progress"] == progress
+    job = records[0]["job_id"]
+    one = runner.invoke(main, ["tasks", "--job-id", job])
+    assert [json.loads(line)["job_id"] for line in one.stdout.splitlines()] == [
+        job for item, _ in now.values() if item["jobId"] == job
+    ]
+
+
+def test_tasks_of_an_unknown_job_is_one_line(fake_api, api_env):
+    """Asking for the tasks of a job the API does not know is the API's error, on one line."""
+    api_env(fake_api(10))
+    result = CliRunner().invoke(main, ["tasks", "--job-id", "job-nosuchjob"])
+    assert result.exit_code == 1
+    assert "InvalidRequestArgumentError" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
