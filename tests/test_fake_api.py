@@ -17,7 +17,10 @@ from qfsync.fake_api import (
     DENIED_ACCESS_KEY,
     MODELS,
     ROUTE,
+    TASK_ACTION,
+    TASKS_ACTION,
     TRAIN_MODES,
+    ZERO_DATE,
     FakeApi,
     Faults,
 )
@@ -203,10 +206,10 @@ def test_body_must_be_a_json_object(session, api, raw):
     assert_bce_error(post(session, api, raw), 400, "MalformedJSON")
 
 
-def test_only_the_one_action_exists(session, api):
+def test_only_the_three_actions_exist(session, api):
     assert_bce_error(post(session, api, path="/v2/elsewhere"), 404, "NotFound")
     assert_bce_error(
-        post(session, api, action="DescribeFineTuningTasks"), 400, "InvalidRequestArgumentError"
+        post(session, api, action="DeleteFineTuningJob"), 400, "InvalidRequestArgumentError"
     )
 
 
@@ -367,3 +370,136 @@ def test_hundred_thousand_jobs_generate_quickly_and_look_real():
         assert any(needle in text for text in texts), needle
     assert any(job["description"] == "" for job in jobs)
     assert any(len(job["description"]) > 3000 for job in jobs)
+
+
+# --- tasks ----------------------------------------------------------------------------------
+
+
+def all_tasks(api: FakeApi) -> list[dict[str, Any]]:
+    return [task for job in api.job_list() for task in api.task_list(job["jobId"])]
+
+
+def test_task_list_pages_with_markers_like_jobs(session, api):
+    """DescribeFineTuningTasks pages a job's tasks with inclusive markers, oldest first, each
+    item naming its job as listed."""
+    job = max(api.job_list(), key=lambda j: len(api.task_list(j["jobId"])))
+    expected = api.task_list(job["jobId"])
+    assert len(expected) >= 3
+    items, marker = [], None
+    while True:
+        body = {"jobId": job["jobId"], "maxKeys": 2, **({"marker": marker} if marker else {})}
+        response = post(session, api, body, action=TASKS_ACTION)
+        assert response.status_code == 200, response.text
+        result = response.json()["result"]
+        items += result["taskList"]
+        if not result["pageInfo"]["isTruncated"]:
+            break
+        marker = result["pageInfo"]["nextMarker"]
+    assert items == expected
+    assert [t["createDate"] for t in items] == sorted(t["createDate"] for t in items)
+    for task in items:
+        assert (task["jobId"], task["jobName"], task["model"], task["trainMode"]) == (
+            job["jobId"],
+            job["name"],
+            job["model"],
+            job["trainMode"],
+        )
+        assert task["createDate"] > job["createTime"]
+
+
+def test_task_detail_has_progress_while_running(session, api):
+    """DescribeFineTuningTask adds runProgress ("40%") while Running, metrics once Done."""
+    tasks = all_tasks(api)
+    running = next(t for t in tasks if t["runStatus"] == "Running")
+    done = next(t for t in tasks if t["runStatus"] == "Done")
+    answer = post(session, api, {"taskId": running["taskId"]}, action=TASK_ACTION).json()
+    assert re.fullmatch(r"\d{1,2}%", answer["result"]["runProgress"])
+    assert answer["result"]["finishDate"] == ZERO_DATE
+    finished = post(session, api, {"taskId": done["taskId"]}, action=TASK_ACTION).json()
+    assert "runProgress" not in finished["result"] and finished["result"]["metrics"]
+
+
+def test_unknown_job_or_task_is_an_invalid_argument(session, api):
+    for action, body in ((TASKS_ACTION, {"jobId": "job-x"}), (TASK_ACTION, {"taskId": "t-x"})):
+        assert_bce_error(
+            post(session, api, body, action=action), 400, "InvalidRequestArgumentError"
+        )
+    assert_bce_error(
+        post(session, api, {}, action=TASKS_ACTION), 400, "InvalidRequestArgumentError"
+    )
+
+
+def test_tasks_look_real():
+    """Zero to several tasks a job; older ones finished, Done far more than Failed or Stopped;
+    recent ones Running (or Waiting, or not started); unfinished ones with the zero date."""
+    api = FakeApi(jobs=1000)
+    counts = [len(api.task_list(job["jobId"])) for job in api.job_list()]
+    assert min(counts) == 0 and max(counts) >= 3
+    tasks = all_tasks(api)
+    statuses = [t["runStatus"] for t in tasks]
+    assert statuses.count("Done") > 4 * (statuses.count("Failed") + statuses.count("Stopped"))
+    assert statuses.count("Failed") and statuses.count("Stopped") and statuses.count("Running")
+    for task in tasks:
+        finished = task["runStatus"] in ("Done", "Failed", "Stopped")
+        assert (task["finishDate"] != ZERO_DATE) == finished
+        assert task["parameterScale"] in ("FullFineTuning", "LoRA", "PromptTuning")
+    newest = {t["runStatus"] for job in api.job_list()[-20:] for t in api.task_list(job["jobId"])}
+    oldest = {t["runStatus"] for job in api.job_list()[:500] for t in api.task_list(job["jobId"])}
+    assert "Running" in newest and oldest <= {"Done", "Failed", "Stopped"}
+
+
+def test_same_seed_same_tasks():
+    """Tasks depend on the seed and the job only, not on the order they are asked for."""
+    one, two = FakeApi(jobs=200, seed=7), FakeApi(jobs=200, seed=7)
+    jobs = [job["jobId"] for job in one.job_list()]
+    assert [one.task_list(j) for j in jobs] == [two.task_list(j) for j in reversed(jobs)][::-1]
+    assert all_tasks(one) != all_tasks(FakeApi(jobs=200, seed=8))
+
+
+def test_advance_lets_time_pass():
+    """advance() finishes and progresses tasks, adds tasks to old jobs and deletes one; the
+    same seed and steps give the same result."""
+    api, twin = FakeApi(jobs=300), FakeApi(jobs=300)
+    before = {t["taskId"]: t for t in all_tasks(api)}
+    changed = api.advance(6 * 3600)
+    assert changed == twin.advance(6 * 3600) and all_tasks(api) == all_tasks(twin)
+    after = {t["taskId"]: t for t in all_tasks(api)}
+    assert set(changed["added"]) == after.keys() - before.keys() and len(changed["added"]) == 6
+    assert set(changed["deleted"]) == before.keys() - after.keys() == {changed["deleted"][0]}
+    finished = [
+        t
+        for t in before
+        if t in after
+        and before[t]["runStatus"] == "Running"
+        and after[t]["runStatus"] in ("Done", "Failed", "Stopped")
+    ]
+    assert finished
+    for task_id in changed["added"]:
+        job = after[task_id]["jobId"]
+        assert before_job_created_long_ago(api, job)
+
+
+def before_job_created_long_ago(api: FakeApi, job_id: str) -> bool:
+    job = next(j for j in api.job_list() if j["jobId"] == job_id)
+    created = datetime.strptime(job["createTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return created.timestamp() < api.now() - 86400
+
+
+def test_now_dates_the_jobs_up_to_an_hour_before_it():
+    """Given `now`, the newest job was created an hour before it, the jobs keep their gaps."""
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    plain, dated = FakeApi(jobs=50), FakeApi(jobs=50, now=now)
+    newest = dated.job_list()[-1]["createTime"]
+    assert newest == (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert dated.now() == now.timestamp()
+    assert [j["jobId"] for j in dated.job_list()] == [j["jobId"] for j in plain.job_list()]
+
+
+def test_faults_apply_to_task_actions(session, fresh):
+    """The same faults as for jobs: here every task request is throttled."""
+    fresh.faults = Faults(throttle_rate=1.0, retry_after_s=3)
+    job = fresh.job_list()[0]["jobId"]
+    response = post(session, fresh, {"jobId": job}, action=TASKS_ACTION)
+    assert_bce_error(response, 429, "RequestLimitExceeded")
+    assert response.headers["Retry-After"] == "3"
+    assert fresh.requests_by_action[TASKS_ACTION] == 1
