@@ -579,8 +579,9 @@ def fake_api(
     default="table",
     show_default=True,
     help="table: sections for people; csv: one table with the columns section, month, model, "
-    "train_mode, metric, value (sections jobs, by_model, by_month, sync, and sync_full and "
-    "sync_incremental with a row per scope in model and train_mode); json: one object.",
+    "train_mode, metric, value, run_status (sections jobs, by_model, by_month, tasks_active, "
+    "tasks_last_7_days, tasks_by_model, sync, and sync_full and sync_incremental with a row "
+    "per scope in model and train_mode); json: one object.",
 )
 @click.option(
     "--max-age",
@@ -593,8 +594,10 @@ def fake_api(
 )
 def report_command(database_url: str, output_format: str, max_age: tuple[str, ...]) -> None:
     """Print the state of the data: total, listed and deleted jobs; listed jobs by model and
-    train mode; jobs created per month; the last sync and its health (the sync_health view),
-    and the last run and success of every mode and scope (the sync_scopes view)."""
+    train mode; jobs created per month; tasks running and waiting now, their outcomes in the
+    last 7 days and the failure share by model (after `sync --tasks`); the last sync and its
+    health (the sync_health view), and the last run and success of every mode and scope (the
+    sync_scopes view)."""
     try:
         limits = [report.parse_max_age(text) for text in max_age]
     except ValueError as exc:

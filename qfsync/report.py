@@ -1,6 +1,7 @@
-"""What the data says: job totals, jobs by model and month, and whether the sync is healthy.
+"""What the data says: job totals, jobs by model and month, tasks running now and their recent
+outcomes, and whether the sync is healthy.
 
-`collect` reads the tables and the reporting views (migrations 0002, 0003) into a plain dict;
+`collect` reads the tables and the reporting views (migrations 0002 to 0004) into a plain dict;
 `sections` and `to_csv` lay that dict out for people and spreadsheets; `check_fresh` turns an
 old last success into `StaleData`. The CLI prints and exits; nothing here knows about click.
 """
@@ -12,13 +13,22 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Integer, String, column, func, select, table
+from sqlalchemy import Connection, Double, Integer, String, case, column, func, select, table
 
 from .errors import StaleData
+from .runs import utcnow
 from .schema import LongText, UtcDateTime, finetuning_jobs
+from .task_pages import FINAL_STATUSES
 
 # The reporting views, typed so that every dialect hands back the same Python values
 # (SQLite returns a view's timestamps as text, MariaDB without a zone).
+tasks_current = table(
+    "finetuning_tasks_current",
+    column("model", String()),
+    column("run_status", String()),
+    column("finished_at", UtcDateTime()),
+    column("duration_s", Double()),
+)
 jobs_current = table(
     "finetuning_jobs_current", column("model", String()), column("train_mode", String())
 )
@@ -72,7 +82,9 @@ SCOPE_COLUMNS = (
 DURATION = re.compile(r"(\d+)([smhd])")
 MODES = ("full", "incremental")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-CSV_COLUMNS = ("section", "month", "model", "train_mode", "metric", "value")
+# run_status last: the columns before it are those of reports from before tasks.
+CSV_COLUMNS = ("section", "month", "model", "train_mode", "metric", "value", "run_status")
+RECENT = timedelta(days=7)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -112,7 +124,8 @@ def _last(value: str | None) -> tuple[bool, str]:
 
 def collect(connection: Connection) -> dict[str, Any]:
     """The report as one JSON-ready dict (datetimes aside): `jobs`, `by_model`, `by_month`,
-    `sync`. Listed means the API still lists the job; deleted, that a complete walk missed it."""
+    `tasks`, `sync`, `scopes`. Listed means the API still lists the job; deleted, that a
+    complete walk missed it."""
     jc = finetuning_jobs.c
     total, deleted = connection.execute(
         select(func.count(), func.count(jc.deleted_at)).select_from(finetuning_jobs)
@@ -151,8 +164,56 @@ def collect(connection: Connection) -> dict[str, Any]:
             {"month": month, "created": int(created), "listed": int(listed)}
             for month, created, listed in sorted(by_month, key=lambda row: _last(row[0]))
         ],
+        "tasks": collect_tasks(connection),
         "sync": health,
         "scopes": scopes,
+    }
+
+
+def collect_tasks(connection: Connection) -> dict[str, Any]:
+    """Listed tasks (of listed jobs): `active` (running, waiting or not started, by status),
+    `last_7_days` (finished in the last 7 days, by status, with durations) and `by_model`
+    (finished tasks per model and the share that failed)."""
+    t = tasks_current.c
+    final = sorted(FINAL_STATUSES)
+    active = connection.execute(
+        select(t.run_status, func.count())
+        .where(t.run_status.is_(None) | t.run_status.not_in(final))
+        .group_by(t.run_status)
+    ).all()
+    recent = connection.execute(
+        select(t.run_status, func.count(), func.avg(t.duration_s), func.max(t.duration_s))
+        .where(t.finished_at >= utcnow() - RECENT)
+        .group_by(t.run_status)
+    ).all()
+    by_model = connection.execute(
+        select(t.model, func.count(), func.count(case((t.run_status == "Failed", 1))))
+        .where(t.run_status.in_(final))
+        .group_by(t.model)
+    ).all()
+    return {
+        "active": [
+            {"run_status": status, "tasks": int(count)}
+            for status, count in sorted(active, key=lambda row: _last(row[0]))
+        ],
+        "last_7_days": [
+            {
+                "run_status": status,
+                "tasks": int(count),
+                "avg_duration_s": None if avg is None else round(float(avg), 1),
+                "max_duration_s": None if longest is None else float(longest),
+            }
+            for status, count, avg, longest in sorted(recent, key=lambda row: _last(row[0]))
+        ],
+        "by_model": [
+            {
+                "model": model,
+                "finished": int(finished),
+                "failed": int(failed),
+                "failure_share": round(int(failed) / int(finished), 3),
+            }
+            for model, finished, failed in sorted(by_model, key=lambda row: _last(row[0]))
+        ],
     }
 
 
@@ -218,6 +279,21 @@ def sections(report: dict[str, Any]) -> list[tuple[str, tuple[str, ...], list[di
         ),
         ("Jobs created per month (UTC)", ("month", "created", "listed"), report["by_month"]),
         (
+            "Tasks running or waiting now (run_status empty: not started)",
+            ("run_status", "tasks"),
+            report["tasks"]["active"],
+        ),
+        (
+            "Task outcomes, finished in the last 7 days (durations in seconds)",
+            ("run_status", "tasks", "avg_duration_s", "max_duration_s"),
+            report["tasks"]["last_7_days"],
+        ),
+        (
+            "Task failure share by model (finished tasks)",
+            ("model", "finished", "failed", "failure_share"),
+            report["tasks"]["by_model"],
+        ),
+        (
             "Sync health (times in UTC)",
             ("field", "value"),
             [{"field": key, "value": value} for key, value in health.items()],
@@ -240,6 +316,15 @@ def csv_rows(report: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 "metric": metric,
                 "value": row[metric],
             }
+    tasks = report["tasks"]
+    for row in tasks["active"]:
+        yield {**row, "section": "tasks_active", "metric": "tasks", "value": row["tasks"]}
+    for row in tasks["last_7_days"]:
+        for metric in ("tasks", "avg_duration_s", "max_duration_s"):
+            yield {**row, "section": "tasks_last_7_days", "metric": metric, "value": row[metric]}
+    for row in tasks["by_model"]:
+        for metric in ("finished", "failed", "failure_share"):
+            yield {**row, "section": "tasks_by_model", "metric": metric, "value": row[metric]}
     for metric, value in report["sync"].items():
         yield {"section": "sync", "metric": metric, "value": value}
     for scope in report["scopes"]:

@@ -193,7 +193,7 @@ def test_help_documents_the_formats():
     result = CliRunner().invoke(main, ["report", "--help"])
     assert result.exit_code == 0
     help_text = " ".join(result.stdout.split())
-    assert "section, month, model, train_mode, metric, value" in help_text
+    assert "section, month, model, train_mode, metric, value, run_status" in help_text
     assert "90s, 30m, 26h, 7d" in help_text
 
 

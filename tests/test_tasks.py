@@ -2,7 +2,8 @@
 history as time passes, exact counts, and only the task requests a sync needs."""
 
 import json
-from datetime import timedelta
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -315,3 +316,54 @@ def test_tasks_of_an_unknown_job_is_one_line(fake_api, api_env):
     assert result.exit_code == 1
     assert "InvalidRequestArgumentError" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_report_tasks_section(database_url, fake_api, api_env):
+    """`qfsync report` counts the tasks running and waiting now, the outcomes of the last 7
+    days with their durations, and the failure share by model, as the fake lists them; the
+    table and csv formats show the same sections."""
+    api = fake_api(400, now=datetime.now(UTC))
+    api_env(api)
+    runner = CliRunner()
+    assert runner.invoke(main, ["sync", "--tasks", "--database-url", database_url]).exit_code == 0
+    # The report's "last 7 days" starts between these two: a task finishing in that second
+    # may be counted either way.
+    cutoffs = [datetime.now(UTC) - timedelta(days=7)]
+    reported = json.loads(
+        runner.invoke(main, ["report", "--format", "json", "--database-url", database_url]).stdout
+    )["tasks"]
+    cutoffs.append(datetime.now(UTC) - timedelta(days=7))
+    models = {job["jobId"]: job["model"] for job in api.job_list()}
+    items = [item for item, _ in listed(api).values()]
+    active = Counter(i["runStatus"] or None for i in items if i["runStatus"] not in FINAL_STATUSES)
+    assert {r["run_status"]: r["tasks"] for r in reported["active"]} == active
+
+    def finished_since(cutoff: datetime) -> dict[str, tuple[int, float, float]]:
+        durations: dict[str, list[float]] = {}
+        for i in items:
+            if i["finishDate"] != ZERO_DATE and parse_time(i["finishDate"]) >= cutoff:
+                seconds = (
+                    parse_time(i["finishDate"]) - parse_time(i["createDate"])
+                ).total_seconds()
+                durations.setdefault(i["runStatus"], []).append(seconds)
+        return {s: (len(d), round(sum(d) / len(d), 1), max(d)) for s, d in durations.items()}
+
+    outcomes = {
+        r["run_status"]: (r["tasks"], r["avg_duration_s"], r["max_duration_s"])
+        for r in reported["last_7_days"]
+    }
+    assert outcomes, "the dated fake has tasks finished in the last week"
+    assert outcomes in [finished_since(cutoff) for cutoff in cutoffs]
+    finished = Counter(models[i["jobId"]] for i in items if i["runStatus"] in FINAL_STATUSES)
+    failed = Counter(models[i["jobId"]] for i in items if i["runStatus"] == "Failed")
+    assert {r["model"]: (r["finished"], r["failed"]) for r in reported["by_model"]} == {
+        model: (count, failed[model]) for model, count in finished.items()
+    }
+    table = runner.invoke(main, ["report", "--database-url", database_url]).stdout
+    for title in ("Tasks running or waiting now", "last 7 days", "failure share by model"):
+        assert title in table
+    csv_text = runner.invoke(
+        main, ["report", "--format", "csv", "--database-url", database_url]
+    ).stdout
+    sections = {line.split(",")[0] for line in csv_text.splitlines()[1:]}
+    assert {"tasks_active", "tasks_last_7_days", "tasks_by_model"} <= sections
