@@ -5,6 +5,7 @@ index qfsync creates."""
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from qfsync.errors import RetriesExhausted
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
 from qfsync.schema import metadata
 from qfsync.syncer import Sync
+from qfsync.task_sync import TaskSync
+from qfsync.tasks import TaskFetcher
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 FENCE = re.compile(r"^```sql(?P<info>[^\n]*)\n(?P<sql>.*?)^```", re.MULTILINE | re.DOTALL)
@@ -23,7 +26,14 @@ FENCE = re.compile(r"^```sql(?P<info>[^\n]*)\n(?P<sql>.*?)^```", re.MULTILINE | 
 # is administrator DDL, run by test_read_only_login.
 DIALECT_TAGS = ("postgresql", "mariadb", "sqlite")
 ROLE_TAGS = tuple(f"role-{dialect}" for dialect in ("postgresql", "mariadb"))
-VIEWS = ("finetuning_jobs_current", "finetuning_jobs_monthly", "sync_health", "sync_scopes")
+VIEWS = (
+    "finetuning_jobs_current",
+    "finetuning_jobs_monthly",
+    "sync_health",
+    "sync_scopes",
+    "finetuning_tasks_current",
+    "finetuning_task_outcomes_monthly",
+)
 
 
 @dataclass(frozen=True)
@@ -59,16 +69,20 @@ def doc_tag(engine: Engine) -> str:
 
 
 def populate(engine: Engine, api: FakeApi) -> None:
-    """Two syncs with renames, deletions and additions between them, then a failed one: every
-    example has rows to show."""
+    """Two syncs with tasks, with renames, deletions, additions and hours of the tasks' time
+    between them, then a failed one: every example has rows to show."""
     retry = RetryPolicy(max_attempts=2, base_delay_s=0.001, max_wait_s=0.01)
-    with Client(Credentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY), api.url, retry) as client:
-        Sync(engine, client, JobQuery()).run()
+    with (
+        Client(Credentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY), api.url, retry) as client,
+        TaskFetcher(client) as fetcher,
+    ):
+        Sync(engine, client, JobQuery(), tasks=TaskSync(fetcher)).run()
         jobs = [job["jobId"] for job in api.job_list()]
         api.rename(jobs[:4])
         api.delete(jobs[-3:])
         api.add(5)
-        Sync(engine, client, JobQuery()).run()
+        api.advance(6 * 3600)
+        Sync(engine, client, JobQuery(), tasks=TaskSync(fetcher)).run()
         api.faults = Faults(fail_after_pages=0)
         with pytest.raises(RetriesExhausted):
             Sync(engine, client, JobQuery()).run()
@@ -87,7 +101,8 @@ def test_fences_are_tagged_consistently():
 def test_sql_examples_run_and_return_rows(engine, fake_api):
     """Each example for this dialect runs exactly as written, with no parameters, on a database
     filled by real syncs, and returns at least one row."""
-    populate(engine, fake_api(jobs=150))
+    # Dated to now, so that "the last 7 days" holds tasks.
+    populate(engine, fake_api(jobs=150, now=datetime.now(UTC)))
     mine = [e for e in examples("bi.md", "schema.md") if e.tag in ("", doc_tag(engine))]
     failures = []
     with engine.connect() as connection:

@@ -17,7 +17,14 @@ from qfsync.cli import main
 from qfsync.schema import metadata
 
 ROOT = Path(__file__).resolve().parent.parent
-VIEWS = {"finetuning_jobs_current", "finetuning_jobs_monthly", "sync_health", "sync_scopes"}
+VIEWS = {
+    "finetuning_jobs_current",
+    "finetuning_jobs_monthly",
+    "sync_health",
+    "sync_scopes",
+    "finetuning_tasks_current",
+    "finetuning_task_outcomes_monthly",
+}
 
 
 def test_head_matches_metadata(engine):
