@@ -125,7 +125,9 @@ def create_tables() -> None:
             "deleted_at",
             UtcDateTime(),
             nullable=True,
-            comment="When a complete listing of its job's tasks first missed it; NULL while listed.",
+            comment=(
+                "When a complete listing of its job's tasks first missed it; NULL while listed."
+            ),
         ),
         sa.Column(
             "last_run_id",
