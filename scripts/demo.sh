@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# `make demo`: the fake API on loopback, two syncs into qfsync.db, then the run history.
+# `make demo`: the fake API on loopback, a sync with tasks into qfsync.db, an hour of the tasks'
+# time, a second sync, then the run history, a few tasks and the report.
 # Needs no credentials: the fake's demo keys are public by design.
 set -euo pipefail
 port=${1:-8765}
 jobs=${2:-3000}
 qfsync=.venv/bin/qfsync
 
-$qfsync fake-api --port "$port" --jobs "$jobs" 2>/dev/null &
+# --real-time dates the jobs up to an hour ago, so that the report's "last 7 days" has tasks.
+$qfsync fake-api --port "$port" --jobs "$jobs" --real-time 2>/dev/null &
 fake=$!
 trap 'kill $fake 2>/dev/null; wait $fake 2>/dev/null || true' EXIT
 
@@ -20,10 +22,21 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
-echo "== first sync: $jobs jobs from the fake API at $QIANFAN_CONSOLE_API_BASE_URL into qfsync.db"
-$qfsync sync
-echo "== second sync: nothing changed, so nothing is inserted or updated"
-$qfsync sync
+echo "== first sync: $jobs jobs and their tasks from the fake API at $QIANFAN_CONSOLE_API_BASE_URL into qfsync.db"
+$qfsync sync --tasks
+echo "== an hour passes on the fake (SIGUSR1): tasks progress and finish, old jobs get new tasks"
+kill -USR1 $fake
+sleep 0.2
+echo "== second sync: no job changed; unfinished tasks are followed, finished jobs' tasks are not listed again"
+$qfsync sync --tasks
+echo "== the nightly kind: --tasks-max-age 1s lists every job's tasks, and finds the new ones on old jobs"
+$qfsync sync --tasks --tasks-max-age 1s
 echo "== qfsync runs"
 $qfsync runs --limit 5
-echo "== next: .venv/bin/qfsync report, or query the views, e.g. finetuning_jobs_current, in qfsync.db"
+echo "== qfsync tasks: the tasks of the newest job with any, as JSON Lines (no database)"
+newest=$(.venv/bin/python -c "
+import sqlite3; c = sqlite3.connect('qfsync.db')
+print(c.execute('SELECT job_id FROM finetuning_tasks ORDER BY created_at DESC LIMIT 1').fetchone()[0])")
+$qfsync tasks --job-id "$newest" | cut -c1-160
+echo "== qfsync report"
+$qfsync report

@@ -223,6 +223,7 @@ API_ENVVARS = {"QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_KEY", "QIANFAN_CONSOLE_API_
 EXPECTED_ENVVARS: dict[tuple[str, ...], set[str]] = {
     (): {"QFSYNC_LOG_FORMAT"},
     ("jobs",): API_ENVVARS,
+    ("tasks",): API_ENVVARS,
     ("sync",): API_ENVVARS | {"QFSYNC_DATABASE_URL"},
     ("runs",): {"QFSYNC_DATABASE_URL"},
     ("db",): set(),
