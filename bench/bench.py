@@ -56,8 +56,10 @@ class Run:
     timed_out: bool
 
 
-def measure(command: list[str], env: dict[str, str], stdout: Any = None) -> Run:
-    """Run one command in a fresh process; stopped (SIGTERM, then SIGKILL) after CAP_S."""
+def measure(
+    command: list[str], env: dict[str, str], stdout: Any = None, cap_s: float = CAP_S
+) -> Run:
+    """Run one command in a fresh process; stopped (SIGTERM, then SIGKILL) after `cap_s`."""
     OUT.mkdir(exist_ok=True)
     with open(OUT / "child.out", "w+") as captured, open(OUT / "child.err", "w") as errors:
         start = time.perf_counter()
@@ -72,7 +74,7 @@ def measure(command: list[str], env: dict[str, str], stdout: Any = None) -> Run:
             if not done.wait(10):
                 child.kill()
 
-        timer = threading.Timer(CAP_S, stop)
+        timer = threading.Timer(cap_s, stop)
         timer.start()
         # wait4 reports the rusage of this child alone (and its own waited-for children), so
         # its ru_maxrss is this process's peak, unlike RUSAGE_CHILDREN's running maximum.
@@ -334,6 +336,61 @@ class Bench:
                 fake.close()
 
 
+# --- tasks: side by side against one at a time -------------------------------------------------
+
+TASK_JOBS, TASK_LATENCY_MS, TASK_CONCURRENCY = 10_000, 20, 8
+TASK_CAP_S = 600  # one at a time, 10,000 jobs at 20 ms need some 220 s
+
+
+def tasks_speedup(
+    jobs: int = TASK_JOBS, latency_ms: int = TASK_LATENCY_MS, concurrency: int = TASK_CONCURRENCY
+) -> list[str]:
+    """`qfsync sync --tasks` of `jobs` jobs into a fresh SQLite file with `latency_ms` per
+    request, once with `concurrency` task requests in flight and once with one; returns the
+    rows of a markdown table, the last one the speed-up. The jobs walk is the same in both (and
+    sequential); the ideal one-at-a-time time is task requests × latency."""
+    lines = [
+        "| tasks in flight | wall s | run s | task requests | tasks | run s − walk s |",
+        "|--:|--:|--:|--:|--:|--:|",
+    ]
+    fake = Fake(jobs, latency_ms)
+    results: dict[int, dict[str, Any]] = {}
+    try:
+        walk = measure([QFSYNC, "jobs"], fake.env, subprocess.DEVNULL)
+        fake.requests()
+        for width in (concurrency, 1):
+            url = Sqlite().create(f"tasks_{width}")
+            command = [QFSYNC, "sync", "--tasks", "--json", "--task-concurrency", str(width)]
+            run = measure([*command, "--database-url", url], fake.env, cap_s=TASK_CAP_S)
+            fake.requests()
+            if run.timed_out:
+                raise SystemExit(f"bench: tasks with {width} in flight ran past {TASK_CAP_S} s")
+            result = results[width] = json.loads(run.stdout)
+            print(
+                f"  tasks  {width:>2} in flight {jobs:>7} jobs: {run.wall_s:.2f} s, "
+                f"{result['task_requests']} task requests",
+                flush=True,
+            )
+            lines.append(
+                f"| {width} | {run.wall_s:.2f} | {result['duration_s']:.2f} | "
+                f"{result['task_requests']:,} | {result['tasks_seen']:,} | "
+                f"{result['duration_s'] - walk.wall_s:.2f} |"
+            )
+            Sqlite().drop(f"tasks_{width}")
+    finally:
+        fake.close()
+    wide_result, one_result = results[concurrency], results[1]
+    ideal = one_result["task_requests"] * latency_ms / 1000
+    lines += [
+        "",
+        f"{jobs:,} jobs, {latency_ms} ms per request; the jobs walk alone (`qfsync jobs`) took "
+        f"{walk.wall_s:.2f} s. Speed-up of the run, {concurrency} in flight against one at a "
+        f"time: **{one_result['duration_s'] / wide_result['duration_s']:.1f}×** (task requests "
+        f"one at a time cannot beat {ideal:.0f} s).",
+    ]
+    return lines
+
+
 # --- the report -------------------------------------------------------------------------------
 
 
@@ -511,7 +568,9 @@ def targets(bench: Bench) -> list[str]:
     return lines
 
 
-def report(bench: Bench, started_at: datetime, load: tuple[str, str]) -> str:
+def report(
+    bench: Bench, started_at: datetime, load: tuple[str, str], tasks: list[str] | None = None
+) -> str:
     elapsed = time.monotonic() - bench.started
     results = HERE / "RESULTS.md"
     warning = []
@@ -572,6 +631,10 @@ def report(bench: Bench, started_at: datetime, load: tuple[str, str]) -> str:
         "",
         *targets(bench),
         "",
+        "## Tasks: side by side against one at a time",
+        "",
+        *(tasks or ["not measured"]),
+        "",
         NOTES_MARK,
     ]
     return "\n".join(lines) + (notes or "\n")
@@ -587,7 +650,8 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     bench = Bench()
     bench.run()
-    written = report(bench, started_at, (load_at_start, load_average()))
+    task_lines = tasks_speedup()
+    written = report(bench, started_at, (load_at_start, load_average()), task_lines)
     (HERE / "RESULTS.md").write_text(written)
     print("\n".join(results_table(bench)))
     print()
@@ -598,4 +662,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["tasks"]:  # only the tasks rows: `python bench/bench.py tasks`
+        print("\n".join(tasks_speedup()))
+    else:
+        main()
