@@ -1,8 +1,8 @@
 """qfsync: keep a SQL database in step with Baidu Qianfan fine-tuning jobs.
 
-`qfsync.sync(...)` runs a sync and `qfsync.jobs(...)` walks the API, as the command line does
-(see `qfsync.api`). They are loaded on first use, so that `import qfsync` and the commands that
-need neither stay light.
+`qfsync.sync(...)` runs a sync, `qfsync.jobs(...)` walks the API and `qfsync.tasks(...)` lists
+jobs' tasks, as the command line does (see `qfsync.api`). They are loaded on first use, so that
+`import qfsync` and the commands that need neither stay light.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -14,9 +14,9 @@ except PackageNotFoundError:  # running from a checkout that was never installed
     __version__ = "0.0.0"
 
 if TYPE_CHECKING:
-    from .api import Job, StopFlag, SyncResult, jobs, sync
+    from .api import Job, StopFlag, SyncResult, Task, jobs, sync, tasks
 
-__all__ = ["Job", "StopFlag", "SyncResult", "__version__", "jobs", "sync"]
+__all__ = ["Job", "StopFlag", "SyncResult", "Task", "__version__", "jobs", "sync", "tasks"]
 
 
 def __getattr__(name: str) -> Any:

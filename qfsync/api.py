@@ -35,9 +35,9 @@ from .pages import Job
 from .schema import sync_runs
 from .store import Scope
 from .syncer import StopFlag, Sync, SyncResult
+from .task_fetch import DEFAULT_CONCURRENCY, TaskFetcher
 from .task_pages import Task
 from .task_sync import DEFAULT_MAX_AGE, TaskSync
-from .tasks import DEFAULT_CONCURRENCY, TaskFetcher
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())

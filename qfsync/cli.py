@@ -29,8 +29,8 @@ from .fake_api import DEFAULT_SEED, DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, F
 from .guard import DEFAULT as DEFAULT_MAX_DELETE
 from .lock import sync_lock
 from .syncer import StopFlag, SyncResult
+from .task_fetch import DEFAULT_CONCURRENCY
 from .task_sync import DEFAULT_MAX_AGE
-from .tasks import DEFAULT_CONCURRENCY
 
 log = logging.getLogger("qfsync")
 

@@ -15,9 +15,9 @@ from sqlalchemy import Connection, Engine
 
 from . import task_store
 from .store import Scope
+from .task_fetch import TaskFetcher
 from .task_pages import Task
 from .task_store import TaskCounts
-from .tasks import TaskFetcher
 
 DEFAULT_MAX_AGE = timedelta(days=1)
 # Jobs per transaction when refreshing unfinished tasks outside the walked pages.

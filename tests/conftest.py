@@ -21,8 +21,8 @@ from qfsync import db
 from qfsync.client import Client, Credentials, JobQuery, RetryPolicy
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
 from qfsync.syncer import Sync, SyncResult
+from qfsync.task_fetch import TaskFetcher
 from qfsync.task_sync import DEFAULT_MAX_AGE, TaskSync
-from qfsync.tasks import TaskFetcher
 
 DIALECTS = ("sqlite", "postgresql", "mysql")
 SERVER_ENV = {"postgresql": "QFSYNC_TEST_POSTGRES_URL", "mysql": "QFSYNC_TEST_MYSQL_URL"}

@@ -17,8 +17,8 @@ from qfsync.errors import RetriesExhausted
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
 from qfsync.schema import metadata
 from qfsync.syncer import Sync
+from qfsync.task_fetch import TaskFetcher
 from qfsync.task_sync import TaskSync
-from qfsync.tasks import TaskFetcher
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 FENCE = re.compile(r"^```sql(?P<info>[^\n]*)\n(?P<sql>.*?)^```", re.MULTILINE | re.DOTALL)

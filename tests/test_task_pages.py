@@ -11,8 +11,8 @@ from test_client import DEMO, FAST, scripted
 from qfsync.client import Client, RetryPolicy
 from qfsync.errors import MalformedResponse, PagingError, RetriesExhausted
 from qfsync.fake_api import Faults
+from qfsync.task_fetch import job_tasks, walk_tasks
 from qfsync.task_pages import ZERO_DATE, parse_progress, parse_task_page
-from qfsync.tasks import job_tasks, walk_tasks
 from qfsync.throttle import Throttle
 
 JOB = "job-abc"

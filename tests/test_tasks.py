@@ -9,9 +9,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+import qfsync
 from qfsync.cli import main
 from qfsync.errors import RetriesExhausted
-from qfsync.fake_api import Faults
+from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Faults
 from qfsync.pages import parse_time
 from qfsync.schema import (
     finetuning_jobs,
@@ -367,3 +368,18 @@ def test_report_tasks_section(database_url, fake_api, api_env):
     ).stdout
     sections = {line.split(",")[0] for line in csv_text.splitlines()[1:]}
     assert {"tasks_active", "tasks_last_7_days", "tasks_by_model"} <= sections
+
+
+def test_library_tasks_and_sync_with_tasks(database_url, fake_api):
+    """`qfsync.tasks` yields the records `qfsync tasks` prints, for some jobs or all, and
+    `qfsync.sync(tasks=True)` counts what it stored."""
+    api = fake_api(150)
+    login = {"endpoint": api.url, "access_key": DEMO_ACCESS_KEY, "secret_key": DEMO_SECRET_KEY}
+    now = listed(api)
+    assert {task.task_id for task in qfsync.tasks(**login)} == now.keys()
+    job = next(item["jobId"] for item, _ in now.values())
+    assert [task.raw for task in qfsync.tasks(job_ids=[job], task_concurrency=2, **login)] == (
+        api.task_list(job)
+    )
+    result = qfsync.sync(database_url, tasks=True, **login)
+    assert (result.tasks_seen, result.tasks_inserted) == (len(now), len(now))
