@@ -7,12 +7,17 @@ from sqlalchemy import Column
 
 from .errors import Unstorable
 from .pages import Job
-from .schema import finetuning_jobs, sync_runs
+from .schema import finetuning_jobs, finetuning_tasks, sync_runs
+from .task_pages import Task
 
 # The fields of a job that a page writes as text, and their columns.
 JOB_COLUMNS = {
     name: finetuning_jobs.c[name]
     for name in ("job_id", "name", "description", "model", "train_mode")
+}
+TASK_COLUMNS = {
+    name: finetuning_tasks.c[name]
+    for name in ("task_id", "job_id", "parameter_scale", "run_status")
 }
 MARKER = sync_runs.c.next_marker
 SHOWN_CHARS = 60
@@ -48,6 +53,18 @@ def check_page(jobs: Iterable[Job], next_marker: str | None, dialect: str) -> No
     why = problem(next_marker, MARKER, dialect)
     if why is not None:
         raise Unstorable(f"the page's nextMarker {shown(next_marker or '')} {why}")
+
+
+def check_tasks(tasks: Iterable[Task], dialect: str) -> None:
+    """Raise Unstorable for the first value of these tasks that its column cannot hold."""
+    for task in tasks:
+        for field, column in TASK_COLUMNS.items():
+            why = problem(getattr(task, field), column, dialect)
+            if why is not None:
+                raise Unstorable(
+                    f"task {shown(task.task_id)} of job {shown(task.job_id)}: its {field} {why}; "
+                    "the page was not written"
+                )
 
 
 def check_filter(option: str, value: str | None, column: Column) -> str | None:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine
 
-from . import task_store
+from . import fits, task_store
 from .store import Scope
 from .task_fetch import TaskFetcher
 from .task_pages import Task
@@ -57,6 +57,10 @@ class TaskSync:
     def write(
         self, connection: Connection, listings: Listings, run_id: int, now: datetime
     ) -> TaskCounts:
+        fits.check_tasks(
+            (task for listed in listings.tasks.values() for task in listed),
+            connection.dialect.name,
+        )
         counts = task_store.write_tasks(connection, listings.tasks, run_id, now)
         counts.requests = listings.requests
         return counts

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from test_client import DEMO, FAST, scripted
 
+from qfsync import fits
 from qfsync.client import Client, RetryPolicy
-from qfsync.errors import MalformedResponse, PagingError, RetriesExhausted
+from qfsync.errors import MalformedResponse, PagingError, RetriesExhausted, Unstorable
 from qfsync.fake_api import Faults
 from qfsync.task_fetch import job_tasks, walk_tasks
 from qfsync.task_pages import ZERO_DATE, parse_progress, parse_task_page
@@ -209,3 +210,21 @@ def test_a_429_seen_by_one_worker_pauses_its_siblings(fake_api):
         assert time.monotonic() - start >= 1.0
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize(
+    ("changes", "dialect", "named"),
+    [
+        ({"taskId": "t" * 200}, "sqlite", "its task_id is 200 characters long"),
+        ({"runStatus": "R" * 40}, "mysql", "its run_status is 40 characters long"),
+        ({"parameterScale": "Lo\x00RA"}, "postgresql", "its parameter_scale contains a NUL"),
+    ],
+)
+def test_a_task_value_its_column_cannot_hold_is_refused_by_name(changes, dialect, named):
+    """A task value too long for its column (or a NUL on PostgreSQL) fails before the write,
+    naming the task and the field."""
+    (task,) = parse_task_page(JOB, page(item(**changes))).tasks
+    with pytest.raises(Unstorable, match=named) as refused:
+        fits.check_tasks([task], dialect)
+    assert "of job 'job-abc'" in str(refused.value)
+    fits.check_tasks(parse_task_page(JOB, page(item())).tasks, dialect)  # a normal task fits
