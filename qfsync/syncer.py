@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import fits, logs, runs, store
+from . import fits, logs, runs, store, writers
 from .client import Client, JobQuery, walk
 from .db import describe, ensure_schema, mask
 from .errors import ApiError, DatabaseError, Interrupted, QfsyncError, SyncLocked, one_line
@@ -170,6 +170,7 @@ class Sync:
         self.stop = stop or StopFlag()
         self.progress = progress or (lambda result: None)
         self.scope = Scope(query.train_mode, query.model)
+        self.writer = writers.for_dialect(engine.dialect.name)
         self.notes: list[str] = []
         self.result: SyncResult | None = None  # as far as it got, also after a failure
         self._notify = notify or (lambda message: None)
@@ -288,12 +289,14 @@ class Sync:
         return QfsyncError(f"internal error: {type(exc).__name__}: {exc}")
 
     def _write(self, result: SyncResult, page: Page, run_id: int) -> Counts:
-        """Commit one page and the run's progress in one transaction. The progress update is
-        fenced (runs.record_page): a run that lost its lock writes nothing more."""
+        """Commit one page and the run's progress in one transaction, through the database's
+        page writer. The progress update is fenced: a run that lost its lock writes nothing
+        more."""
         fits.check_page(page.jobs, page.next_marker, self.engine.dialect.name)
         with self.engine.begin() as connection:
-            counts = store.write_jobs(connection, page.jobs, run_id, runs.utcnow())
-            runs.record_page(connection, run_id, len(page.jobs), counts, page.next_marker)
+            counts = self.writer.write(
+                connection, page.jobs, run_id, runs.utcnow(), page.next_marker, durable=False
+            )
         result.add(len(page.jobs), counts)
         log_page(result.pages, page, counts)
         self.progress(result)

@@ -1,0 +1,81 @@
+"""Page writers: one page of jobs and the run's progress, in the caller's transaction.
+
+The fastest way to write a page differs by database, so each dialect has its own module behind
+one small interface; the sync loop asks `for_dialect` once and never branches on the dialect.
+Every writer has the semantics of `qfsync.store.write_jobs` plus `runs.record_page`, which the
+tests keep as the plain reference: new jobs are inserted with version 1; changed ones (another
+content hash, or deleted and listed again) are rewritten, and get a new version when a
+versioned field differs or their current version was closed; unchanged ones only get
+`last_seen_at` and `last_run_id`.
+"""
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from ..errors import QfsyncError
+from ..pages import Job
+from ..store import Counts
+
+
+class RunLost(QfsyncError):
+    """The run's row is no longer `running`: another process took the scope over."""
+
+    def __init__(self, run_id: int):
+        super().__init__(
+            f"lock lost: run {run_id} is no longer marked running (another sync or an operator "
+            "ended it); stopping without writing this page"
+        )
+
+
+@contextmanager
+def driver_errors(connection: Connection) -> Iterator[None]:
+    """Writers talk to the driver directly; its errors become SQLAlchemy's, as if SQLAlchemy
+    had run the statement, so the sync explains them (and drops a dead connection) as usual."""
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        driver = connection.connection.driver_connection
+        dead = connection.dialect.is_disconnect(exc, driver, None)
+        if dead:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            None, None, exc, dbapi.Error, connection_invalidated=dead, dialect=connection.dialect
+        ) from exc
+
+
+class PageWriter(Protocol):
+    def write(
+        self,
+        connection: Connection,
+        jobs: Sequence[Job],
+        run_id: int,
+        now: datetime,
+        next_marker: str | None,
+        durable: bool,
+    ) -> Counts:
+        """Write the page and add it to the run's progress (only while the run is `running`,
+        else raise RunLost). `durable`: this commit must reach the disk before it returns;
+        a page that the next sync would write again anyway need not wait for it."""
+        ...
+
+
+def for_dialect(name: str) -> PageWriter:
+    if name == "postgresql":
+        from .postgresql import PostgresqlWriter
+
+        return PostgresqlWriter()
+    if name == "sqlite":
+        from .sqlite import SqliteWriter
+
+        return SqliteWriter()
+    if name in ("mysql", "mariadb"):
+        from .mysql import MysqlWriter
+
+        return MysqlWriter()
+    raise QfsyncError(f"no page writer for the {name} dialect")
