@@ -220,3 +220,16 @@ def test_sqlite_lookups_search_the_primary_key(engine):
             args = ["a", "b", "c"] if statement != TOUCH_SQL else ["t", 1, "a", "b", "c"]
             plan = " ".join(row[-1] for row in cursor.execute("EXPLAIN QUERY PLAN " + sql, args))
             assert "SEARCH" in plan and "SCAN" not in plan, plan
+
+
+def test_mariadb_inserts_are_sent_as_multi_row_statements():
+    """PyMySQL's executemany folds rows into one multi-row INSERT only for a statement its
+    pattern recognises (placeholders alone in VALUES); both of the writer's inserts are such."""
+    from pymysql.cursors import RE_INSERT_VALUES
+
+    from qfsync.writers.mysql import MysqlWriter
+    from qfsync.writers.rows import OPEN_SQL
+
+    writer = MysqlWriter()
+    for statement in (writer.upsert_sql, OPEN_SQL):
+        assert RE_INSERT_VALUES.match(writer.sql(statement))

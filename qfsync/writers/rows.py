@@ -24,10 +24,12 @@ VERSIONS_SQL = (
     " FROM finetuning_job_versions WHERE job_id IN ({ids})"
 )
 CLOSE_SQL = "UPDATE finetuning_job_versions SET valid_to = ? WHERE job_id = ? AND valid_to IS NULL"
+# Placeholders only (valid_to is left to its NULL default): PyMySQL sends an executemany as one
+# multi-row INSERT only when the VALUES list holds nothing else.
 OPEN_SQL = (
     "INSERT INTO finetuning_job_versions"
-    " (job_id, version, valid_from, valid_to, name, description, model, train_mode, run_id)"
-    " VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)"
+    " (job_id, version, valid_from, name, description, model, train_mode, run_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 PROGRESS_SQL = (
     "UPDATE sync_runs SET pages = pages + 1, jobs_seen = jobs_seen + ?,"

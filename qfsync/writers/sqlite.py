@@ -24,4 +24,5 @@ class SqliteWriter(RowWriter):
     )
 
     def stored_time(self, value: datetime) -> str:
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        # isoformat is several times faster than strftime and gives the same text here.
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
