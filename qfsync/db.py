@@ -10,12 +10,13 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from . import DEFAULT_DATABASE_URL
 from .errors import ConfigError, DatabaseError, SchemaOutdated
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-DEFAULT_URL = "sqlite:///qfsync.db"
+DEFAULT_URL = DEFAULT_DATABASE_URL
 # Plain scheme names get the drivers qfsync installs, not SQLAlchemy's older defaults.
 DRIVERS = {
     "postgresql": "postgresql+psycopg",
