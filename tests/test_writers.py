@@ -233,3 +233,20 @@ def test_mariadb_inserts_are_sent_as_multi_row_statements():
     writer = MysqlWriter()
     for statement in (writer.upsert_sql, OPEN_SQL):
         assert RE_INSERT_VALUES.match(writer.sql(statement))
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_pages_commit_without_waiting_for_the_disk_and_the_end_waits(engine):
+    """A page's transaction commits with synchronous_commit off; the run's last page (with the
+    deletions and `succeeded`) keeps it on, which also makes every earlier page durable."""
+    writer = writers.for_dialect("postgresql")
+    with engine.begin() as connection:
+        start_run(connection, 1, T0)
+    settings = []
+    for durable in (False, True):
+        with engine.begin() as connection:
+            writer.write(connection, synthetic(5), 1, T0, None, durable=durable)
+            settings.append(connection.scalar(text("SHOW synchronous_commit")))
+        with engine.connect() as connection:  # SET LOCAL: nothing outlives the transaction
+            assert connection.scalar(text("SHOW synchronous_commit")) == "on"
+    assert settings == ["off", "on"]
