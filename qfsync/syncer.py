@@ -17,7 +17,7 @@ from datetime import datetime
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Connection, Engine, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import fits, logs, runs, store, writers
@@ -174,6 +174,9 @@ class Sync:
         self.notes: list[str] = []
         self.result: SyncResult | None = None  # as far as it got, also after a failure
         self._notify = notify or (lambda message: None)
+        # Pages are written on one connection held for the walk: a checkout per page would cost
+        # the pool's liveness ping, a round trip, on every page.
+        self._pages: Connection | None = None
 
     def note(self, message: str) -> None:
         message = one_line(message)  # a note may quote a marker the server chose
@@ -271,6 +274,9 @@ class Sync:
             raise failure from None
         finally:
             self.stop.event.set()  # halts the prefetch thread, if any
+            if self._pages is not None:
+                self._pages.close()
+                self._pages = None
         result.status = runs.SUCCEEDED
         result.requests = self.client.requests_made - requests_before
         result.duration_s = round(time.monotonic() - clock, 3)
@@ -293,7 +299,10 @@ class Sync:
         page writer. The progress update is fenced: a run that lost its lock writes nothing
         more."""
         fits.check_page(page.jobs, page.next_marker, self.engine.dialect.name)
-        with self.engine.begin() as connection:
+        if self._pages is None:
+            self._pages = self.engine.connect()
+        connection = self._pages
+        with connection.begin():
             counts = self.writer.write(
                 connection, page.jobs, run_id, runs.utcnow(), page.next_marker, durable=False
             )
