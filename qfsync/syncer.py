@@ -304,7 +304,7 @@ class Sync:
         connection = self._pages
         with connection.begin():
             counts = self.writer.write(
-                connection, page.jobs, run_id, runs.utcnow(), page.next_marker, durable=False
+                connection, page.jobs, run_id, runs.utcnow(), page.next_marker
             )
         result.add(len(page.jobs), counts)
         log_page(result.pages, page, counts)

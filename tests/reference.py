@@ -36,7 +36,6 @@ class ReferenceWriter:
         run_id: int,
         now: datetime,
         next_marker: str | None,
-        durable: bool,
     ) -> Counts:
         counts = write_jobs(connection, list(jobs), run_id, now)
         runs.record_page(connection, run_id, len(jobs), counts, next_marker)

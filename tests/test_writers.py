@@ -12,14 +12,17 @@ from reference import ReferenceWriter
 from sqlalchemy import Connection, Engine, delete, insert, select, text
 
 from qfsync import writers
+from qfsync.errors import LockLost
+from qfsync.guard import DeleteLimit
 from qfsync.fake_api import FakeApi
 from qfsync.pages import Job, parse_job
 from qfsync.runs import COUNTS, RUNNING
 from qfsync.schema import finetuning_job_versions, finetuning_jobs, sync_runs
 from qfsync.store import Scope, mark_deleted
-from qfsync.writers import PageWriter, RunLost
+from qfsync.writers import PageWriter
 
 PAGE = 100
+EVERYTHING = DeleteLimit(percent=100)  # the history deletes every job in the end
 T0 = datetime(2026, 3, 1, 8, 0, 0, 123456, tzinfo=UTC)
 Items = list[dict[str, Any]]
 
@@ -34,6 +37,7 @@ def start_run(connection: Connection, run_id: int, now: datetime) -> None:
             mode="full",
             page_size=PAGE,
             walk_started_at=now,
+            progress_at=now,
             qfsync_version="test",
             **dict.fromkeys(COUNTS, 0),
         )
@@ -50,12 +54,10 @@ def sync(engine: Engine, writer: PageWriter, items: Items, run_id: int) -> list[
         jobs = [parse_job(item, i) for i, item in enumerate(items[start : start + PAGE])]
         last = start + PAGE >= len(items)
         with engine.begin() as connection:
-            written = writer.write(
-                connection, jobs, run_id, now, None if last else f"m{start}", durable=last
-            )
+            written = writer.write(connection, jobs, run_id, now, None if last else f"m{start}")
             counts.append((written.inserted, written.updated, written.unchanged))
             if last:
-                mark_deleted(connection, Scope(), now, run_id, now)
+                mark_deleted(connection, Scope(), now, run_id, now, EVERYTHING)
     return counts
 
 
@@ -143,8 +145,8 @@ def test_a_run_no_longer_running_stops_the_page(engine):
         start_run(connection, 1, T0)
         connection.execute(sync_runs.update().values(status="failed"))
     jobs = [parse_job(item, i) for i, item in enumerate(FakeApi(5).job_list())]
-    with pytest.raises(RunLost, match="lock lost: run 1 "), engine.begin() as connection:
-        writer.write(connection, jobs, 1, T0, None, durable=False)
+    with pytest.raises(LockLost, match="run 1 is no longer"), engine.begin() as connection:
+        writer.write(connection, jobs, 1, T0, None)
     with engine.connect() as connection:
         assert connection.scalar(select(text("count(*)")).select_from(finetuning_jobs)) == 0
 
@@ -175,7 +177,7 @@ def test_postgresql_page_stays_a_primary_key_lookup_as_the_table_grows(engine):
     with engine.begin() as connection:
         start_run(connection, 1, T0)
         for page in range(500):
-            writer.write(connection, synthetic(PAGE, page * PAGE), 1, T0, "m", durable=False)
+            writer.write(connection, synthetic(PAGE, page * PAGE), 1, T0, "m")
     # Page 500 again with 10 changed names, and 90 new jobs: every branch of the statement runs.
     jobs = synthetic(10, 0)
     jobs = [parse_job({**job.raw, "name": "renamed"}, i) for i, job in enumerate(jobs)]
@@ -192,7 +194,6 @@ def test_postgresql_page_stays_a_primary_key_lookup_as_the_table_grows(engine):
         "now": T0,
         "run_id": 1,
         "next_marker": None,
-        "synchronous_commit": "off",
     }
     with engine.connect() as connection:
         driver = connection.connection.driver_connection
@@ -236,17 +237,15 @@ def test_mariadb_inserts_are_sent_as_multi_row_statements():
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_postgresql_pages_commit_without_waiting_for_the_disk_and_the_end_waits(engine):
-    """A page's transaction commits with synchronous_commit off; the run's last page (with the
-    deletions and `succeeded`) keeps it on, which also makes every earlier page durable."""
+def test_postgresql_pages_commit_without_waiting_for_the_disk(engine):
+    """A page's transaction commits with synchronous_commit off, and only that transaction: the
+    run's end (deletions and `succeeded`, or `failed`) commits in one of its own, which waits
+    for the disk and so makes every earlier page durable too."""
     writer = writers.for_dialect("postgresql")
     with engine.begin() as connection:
         start_run(connection, 1, T0)
-    settings = []
-    for durable in (False, True):
-        with engine.begin() as connection:
-            writer.write(connection, synthetic(5), 1, T0, None, durable=durable)
-            settings.append(connection.scalar(text("SHOW synchronous_commit")))
-        with engine.connect() as connection:  # SET LOCAL: nothing outlives the transaction
-            assert connection.scalar(text("SHOW synchronous_commit")) == "on"
-    assert settings == ["off", "on"]
+    with engine.begin() as connection:
+        writer.write(connection, synthetic(5), 1, T0, None)
+        assert connection.scalar(text("SHOW synchronous_commit")) == "off"
+    with engine.connect() as connection:  # SET LOCAL: nothing outlives the page's transaction
+        assert connection.scalar(text("SHOW synchronous_commit")) == "on"

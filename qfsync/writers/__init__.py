@@ -22,16 +22,6 @@ from ..pages import Job
 from ..store import Counts
 
 
-class RunLost(QfsyncError):
-    """The run's row is no longer `running`: another process took the scope over."""
-
-    def __init__(self, run_id: int):
-        super().__init__(
-            f"lock lost: run {run_id} is no longer marked running (another sync or an operator "
-            "ended it); stopping without writing this page"
-        )
-
-
 @contextmanager
 def driver_errors(connection: Connection) -> Iterator[None]:
     """Writers talk to the driver directly; its errors become SQLAlchemy's, as if SQLAlchemy
@@ -57,11 +47,11 @@ class PageWriter(Protocol):
         run_id: int,
         now: datetime,
         next_marker: str | None,
-        durable: bool,
     ) -> Counts:
-        """Write the page and add it to the run's progress (only while the run is `running`,
-        else raise RunLost). `durable`: this commit must reach the disk before it returns;
-        a page that the next sync would write again anyway need not wait for it."""
+        """Write the page and add it to the run's progress, fenced as `runs.record_page` is:
+        only while the run is still `running`, else raise LockLost (`runs.check_fenced`). The
+        page's commit need not wait for the disk: the next sync would write it again (see "How
+        a sync behaves" in the README)."""
         ...
 
 

@@ -16,8 +16,9 @@ import orjson
 from sqlalchemy import Connection
 
 from ..pages import Job
+from ..runs import check_fenced
 from ..store import Counts
-from . import RunLost, driver_errors
+from . import driver_errors
 
 # stored: NULL for a new job, '' for a deleted one (so it counts as changed), else its hash.
 PAGE_SQL = """
@@ -88,13 +89,13 @@ progress AS (
            jobs_inserted = jobs_inserted + counts.inserted,
            jobs_updated = jobs_updated + counts.updated,
            jobs_unchanged = jobs_unchanged + counts.unchanged,
-           next_marker = %(next_marker)s::text
+           next_marker = %(next_marker)s::text, progress_at = %(now)s::timestamptz
       FROM counts
      WHERE id = %(run_id)s::integer AND status = 'running'
     RETURNING 1
 )
 SELECT inserted, updated, unchanged, (SELECT count(*) FROM progress),
-       set_config('synchronous_commit', %(synchronous_commit)s::text, true)
+       set_config('synchronous_commit', 'off', true)
   FROM counts
 """
 
@@ -107,7 +108,6 @@ class PostgresqlWriter:
         run_id: int,
         now: datetime,
         next_marker: str | None,
-        durable: bool,
     ) -> Counts:
         params: dict[str, Any] = {
             "job_id": [job.job_id for job in jobs],
@@ -121,15 +121,11 @@ class PostgresqlWriter:
             "now": now,
             "run_id": run_id,
             "next_marker": next_marker,
-            # A page that the next sync would write again need not wait for the disk; see
-            # "How a sync behaves" in the README.
-            "synchronous_commit": "on" if durable else "off",
         }
         driver = connection.connection.driver_connection
         assert driver is not None
         with driver_errors(connection):
             row = driver.execute(PAGE_SQL, params, prepare=True).fetchone()
         inserted, updated, unchanged, fenced, _ = row
-        if fenced != 1:
-            raise RunLost(run_id)
+        check_fenced(fenced, run_id)
         return Counts(inserted, updated, unchanged)

@@ -15,9 +15,10 @@ import orjson
 from sqlalchemy import Connection
 
 from ..pages import Job
+from ..runs import check_fenced
 from ..schema import VERSIONED_FIELDS
 from ..store import Counts
-from . import RunLost, driver_errors
+from . import driver_errors
 
 VERSIONS_SQL = (
     "SELECT job_id, version, valid_to IS NULL, name, description, model, train_mode"
@@ -34,7 +35,7 @@ OPEN_SQL = (
 PROGRESS_SQL = (
     "UPDATE sync_runs SET pages = pages + 1, jobs_seen = jobs_seen + ?,"
     " jobs_inserted = jobs_inserted + ?, jobs_updated = jobs_updated + ?,"
-    " jobs_unchanged = jobs_unchanged + ?, next_marker = ?"
+    " jobs_unchanged = jobs_unchanged + ?, next_marker = ?, progress_at = ?"
     " WHERE id = ? AND status = 'running'"
 )
 # Stored hash, or '' for a deleted job, so that it counts as changed.
@@ -67,23 +68,22 @@ class RowWriter:
         run_id: int,
         now: datetime,
         next_marker: str | None,
-        durable: bool,
     ) -> Counts:
         driver = connection.connection.driver_connection
         assert driver is not None
+        stored_now = self.stored_time(now)
         with driver_errors(connection):
             cursor = driver.cursor()
             try:
-                counts = self._write(cursor, jobs, run_id, self.stored_time(now))
+                counts = self._write(cursor, jobs, run_id, stored_now)
                 cursor.execute(
                     self.sql(PROGRESS_SQL),
-                    (len(jobs), *astuple(counts), next_marker, run_id),
+                    (len(jobs), *astuple(counts), next_marker, stored_now, run_id),
                 )
                 fenced = cursor.rowcount
             finally:
                 cursor.close()
-        if fenced != 1:
-            raise RunLost(run_id)
+        check_fenced(fenced, run_id)
         return counts
 
     def _write(self, cursor: Any, jobs: Sequence[Job], run_id: int, now: Any) -> Counts:
