@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import click
+import orjson
 
 from . import DEFAULT_DATABASE_URL, __version__, api, logs
 from .client import DEFAULT_BASE_URL, MAX_PAGE_SIZE, RetryPolicy
@@ -28,6 +29,7 @@ from .errors import (
 )
 from .fake_api import DEFAULT_SEED, DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
 from .guard import DEFAULT as DEFAULT_MAX_DELETE
+from .pages import Job
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -202,15 +204,24 @@ def jobs(
 
     The quickest check of credentials and filters, and a preview of what a sync would store.
     """
-    write = sys.stdout.write
+    write = sys.stdout.buffer.write
     try:
         for job in api.jobs(
             train_mode=train_mode, model=model, page_size=page_size, reverse=reverse, **options
         ):
-            write(dumps(job.to_json()) + "\n")
+            write(job_line(job))
         sys.stdout.flush()
     except BrokenPipeError:
         reader_gone()
+
+
+def job_line(job: Job) -> bytes:
+    """One line of `qfsync jobs`: orjson writes the record's fields, several times faster than
+    json; an integer beyond 64 bits in the item, which orjson refuses, goes through json."""
+    try:
+        return orjson.dumps(job, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        return (dumps(job.to_json()) + "\n").encode()
 
 
 def reader_gone() -> None:

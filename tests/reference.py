@@ -2,6 +2,8 @@
 as it was (SQLAlchemy Core, one lookup, Python classification, then each kind of row), plus the
 run's progress as `runs.record_page` writes it."""
 
+import hashlib
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -26,6 +28,12 @@ UPSERT_COLUMNS = (
     "deleted_at",
     "last_run_id",
 )
+
+
+def reference_hash(item: dict[str, Any]) -> str:
+    """The content hash as qfsync first defined it."""
+    canonical = json.dumps(item, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class ReferenceWriter:
@@ -81,7 +89,7 @@ def write_jobs(connection: Connection, jobs: list[Job], run_id: int, now: dateti
         row = stored.get(job.job_id)
         if row is None:
             new.append(job)
-        elif row.deleted_at is not None or row.content_hash != job.content_hash:
+        elif row.deleted_at is not None or row.content_hash != reference_hash(job.raw):
             changed.append(job)
         else:
             unchanged.append(job.job_id)
@@ -102,7 +110,7 @@ def write_jobs(connection: Connection, jobs: list[Job], run_id: int, now: dateti
                     "last_seen_at": now,
                     "deleted_at": None,
                     "raw": job.raw,
-                    "content_hash": job.content_hash,
+                    "content_hash": reference_hash(job.raw),
                     "last_run_id": run_id,
                 }
                 for job in new + changed

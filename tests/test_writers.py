@@ -13,9 +13,9 @@ from sqlalchemy import Connection, Engine, delete, insert, select, text
 
 from qfsync import writers
 from qfsync.errors import LockLost
-from qfsync.guard import DeleteLimit
 from qfsync.fake_api import FakeApi
-from qfsync.pages import Job, parse_job
+from qfsync.guard import DeleteLimit
+from qfsync.pages import Job, content_hash, parse_job
 from qfsync.runs import COUNTS, RUNNING
 from qfsync.schema import finetuning_job_versions, finetuning_jobs, sync_runs
 from qfsync.store import Scope, mark_deleted
@@ -190,7 +190,7 @@ def test_postgresql_page_stays_a_primary_key_lookup_as_the_table_grows(engine):
         "train_mode": [j.train_mode for j in jobs],
         "created_at": [j.created_at for j in jobs],
         "raw": [json.dumps(j.raw) for j in jobs],
-        "content_hash": [j.content_hash for j in jobs],
+        "content_hash": [content_hash(j.raw) for j in jobs],
         "now": T0,
         "run_id": 1,
         "next_marker": None,

@@ -9,17 +9,28 @@ versioned field differs or their current version was closed; unchanged ones only
 `last_seen_at` and `last_run_id`.
 """
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from ..errors import QfsyncError
 from ..pages import Job
 from ..store import Counts
+
+
+def raw_text(item: dict[str, Any]) -> str:
+    """The item as JSON text for the `raw` column: orjson, or json for an integer beyond 64 bits
+    (which orjson refuses)."""
+    try:
+        return orjson.dumps(item).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(item, ensure_ascii=False)
 
 
 @contextmanager

@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection
 
-from ..pages import Job
+from ..pages import Job, content_hash
 from ..runs import check_fenced
 from ..store import Counts
-from . import driver_errors
+from . import driver_errors, raw_text
 
 # stored: NULL for a new job, '' for a deleted one (so it counts as changed), else its hash.
 PAGE_SQL = """
@@ -116,8 +115,8 @@ class PostgresqlWriter:
             "model": [job.model for job in jobs],
             "train_mode": [job.train_mode for job in jobs],
             "created_at": [job.created_at for job in jobs],
-            "raw": [orjson.dumps(job.raw).decode() for job in jobs],
-            "content_hash": [job.content_hash for job in jobs],
+            "raw": [raw_text(job.raw) for job in jobs],
+            "content_hash": [content_hash(job.raw) for job in jobs],
             "now": now,
             "run_id": run_id,
             "next_marker": next_marker,

@@ -11,14 +11,13 @@ from dataclasses import astuple
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-import orjson
 from sqlalchemy import Connection
 
-from ..pages import Job
+from ..pages import Job, content_hash
 from ..runs import check_fenced
 from ..schema import VERSIONED_FIELDS
 from ..store import Counts
-from . import driver_errors
+from . import driver_errors, raw_text
 
 VERSIONS_SQL = (
     "SELECT job_id, version, valid_to IS NULL, name, description, model, train_mode"
@@ -94,11 +93,11 @@ class RowWriter:
         stored = dict(cursor.fetchall())
         new, changed, unchanged = [], [], []
         for job in jobs:
-            known = stored.get(job.job_id)
+            known, digest = stored.get(job.job_id), content_hash(job.raw)
             if known is None:
-                new.append(job)
-            elif known != job.content_hash:
-                changed.append(job)
+                new.append((job, digest))
+            elif known != digest:
+                changed.append((job, digest))
             else:
                 unchanged.append(job.job_id)
         if new or changed:
@@ -114,16 +113,17 @@ class RowWriter:
                         None if job.created_at is None else self.stored_time(job.created_at),
                         now,
                         now,
-                        orjson.dumps(job.raw).decode(),
-                        job.content_hash,
+                        raw_text(job.raw),
+                        digest,
                         run_id,
                     )
-                    for job in new + changed
+                    for job, digest in new + changed
                 ],
             )
         if unchanged:
             cursor.execute(self.sql(TOUCH_SQL, len(unchanged)), [now, run_id, *unchanged])
-        opened = [(job, 1) for job in new] + self._next_versions(cursor, changed, now)
+        opened = [(job, 1) for job, _ in new]
+        opened += self._next_versions(cursor, [job for job, _ in changed], now)
         if opened:
             cursor.executemany(
                 self.sql(OPEN_SQL),
