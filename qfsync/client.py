@@ -2,7 +2,6 @@
 and the marker walk over DescribeFineTuningJobs."""
 
 import http.client
-import json
 import logging
 import random
 import re
@@ -15,6 +14,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 import urllib3
 
@@ -244,7 +244,7 @@ class Client:
                 response = self.session.post(
                     f"{self.base_url}{ROUTE}",
                     params={"Action": ACTION},
-                    data=json.dumps(body),
+                    data=orjson.dumps(body),
                     headers=self._signed_headers(),
                     timeout=(self.retry.connect_timeout_s, self.retry.read_timeout_s),
                     stream=True,
