@@ -345,27 +345,3 @@ def test_verbose_wrong_secret_in_a_real_process_never_shows_the_secret(
     assert "SignatureDoesNotMatch" in stderr
     assert " DEBUG " in stderr  # the verbose log was on
     assert WRONG_SECRET not in listed.stdout.decode() + stderr
-
-
-def test_jobs_runs_without_loading_the_database_side(fake_api: FakeFactory) -> None:
-    """`qfsync jobs` walks and prints without importing SQLAlchemy, which only the database
-    commands need (its import is about half of a short command's start-up)."""
-    api = fake_api(150)
-    code = (
-        "import sys\n"
-        "from qfsync.cli import main\n"
-        "try:\n    main(['jobs'])\nexcept SystemExit as exit:\n    assert not exit.code, exit\n"
-        "sys.stderr.write(str(sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'sqlalchemy', 'alembic'})))\n"
-    )
-    env = {
-        **os.environ,
-        "QIANFAN_CONSOLE_API_BASE_URL": api.url,
-        "QIANFAN_ACCESS_KEY": DEMO_ACCESS_KEY,
-        "QIANFAN_SECRET_KEY": DEMO_SECRET_KEY,
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert len(done.stdout.splitlines()) == 150
-    assert done.stderr == "[]"
