@@ -15,8 +15,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from . import db, fits, runs
 from .client import (
     DEFAULT_BASE_URL,
     MAX_PAGE_SIZE,
@@ -30,14 +30,23 @@ from .client import (
 from .errors import ConfigError, QfsyncError
 from .guard import DEFAULT as DEFAULT_MAX_DELETE
 from .guard import DeleteLimit
-from .metrics import Attempt, Outputs
 from .pages import Job
-from .schema import sync_runs
-from .store import Scope
-from .syncer import StopFlag, Sync, SyncResult
-from .task_fetch import DEFAULT_CONCURRENCY, TaskFetcher
+from .task_fetch import DEFAULT_CONCURRENCY, DEFAULT_MAX_AGE, TaskFetcher
 from .task_pages import Task
-from .task_sync import DEFAULT_MAX_AGE, TaskSync
+
+# The database side (SQLAlchemy, about 0.2 s to import) loads with the first sync: `jobs`, and
+# `qfsync jobs`, never need it.
+if TYPE_CHECKING:
+    from .syncer import StopFlag, SyncResult
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("StopFlag", "SyncResult"):
+        from . import syncer
+
+        return getattr(syncer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -95,6 +104,9 @@ def job_query(
 def sync_settings(query: JobQuery, max_delete: str | DeleteLimit) -> DeleteLimit:
     """The checks a sync makes before it connects: filters its run row can record, and the
     deletion limit; returns that limit."""
+    from . import fits
+    from .schema import sync_runs
+
     for option, value, column in (
         ("--train-mode", query.train_mode, sync_runs.c.train_mode_filter),
         ("--model", query.model, sync_runs.c.model_filter),
@@ -200,10 +212,10 @@ def sync(
     task_concurrency: int = DEFAULT_CONCURRENCY,
     metrics_file: str | os.PathLike[str] | None = None,
     pushgateway: str | None = None,
-    stop: StopFlag | None = None,
-    progress: Callable[[SyncResult], None] | None = None,
+    stop: "StopFlag | None" = None,
+    progress: "Callable[[SyncResult], None] | None" = None,
     notify: Callable[[str], None] | None = None,
-) -> SyncResult:
+) -> "SyncResult":
     """Sync the jobs into the database (creating or upgrading its tables under the sync lock
     unless `migrate` is false) and return the run's result with its counts; write or push its
     metrics, also when it fails. `max_delete` (`200` jobs or `50%` of the scope's listed jobs)
@@ -211,6 +223,12 @@ def sync(
     it at the next page boundary; `progress` gets the result after each page, `notify` each
     note for the operator. With `tasks`, each listed job's tasks too
     (see `qfsync sync --help`)."""
+    from . import db, runs
+    from .metrics import Attempt, Outputs
+    from .store import Scope
+    from .syncer import Sync
+    from .task_sync import TaskSync
+
     if task_concurrency < 1:
         raise ConfigError(f"task_concurrency must be at least 1, not {task_concurrency}")
     query = job_query(train_mode, model, page_size)
@@ -219,7 +237,7 @@ def sync(
     attempt = Attempt(Scope(train_mode, model), runs.INCREMENTAL if incremental else runs.FULL)
     url = setting("database_url", database_url, db.DEFAULT_URL) or db.DEFAULT_URL
 
-    def run() -> SyncResult:
+    def run() -> "SyncResult":
         engine = None
         try:
             client = attempt.client = make_client(

@@ -3,7 +3,6 @@ and the marker walk over DescribeFineTuningJobs."""
 
 import copy
 import http.client
-import json
 import logging
 import random
 import re
@@ -16,6 +15,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 import urllib3
 
@@ -255,7 +255,7 @@ class Client:
                 response = self.session.post(
                     f"{self.base_url}{ROUTE}",
                     params={"Action": action},
-                    data=json.dumps(body),
+                    data=orjson.dumps(body),
                     headers=self._signed_headers(action),
                     timeout=(self.retry.connect_timeout_s, self.retry.read_timeout_s),
                     stream=True,

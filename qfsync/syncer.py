@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import fits, logs, runs, store
+from . import fits, logs, runs, store, writers
 from .client import Client, JobQuery, walk
 from .db import describe, ensure_schema, mask
 from .errors import ApiError, DatabaseError, Interrupted, QfsyncError, SyncLocked, one_line
@@ -184,9 +184,13 @@ class Sync:
         self.stop = stop or StopFlag()
         self.progress = progress or (lambda result: None)
         self.scope = Scope(query.train_mode, query.model)
+        self.writer = writers.for_dialect(engine.dialect.name)
         self.notes: list[str] = []
         self.result: SyncResult | None = None  # as far as it got, also after a failure
         self._notify = notify or (lambda message: None)
+        # Pages are written on one connection held for the walk: a checkout per page would cost
+        # the pool's liveness ping, a round trip, on every page.
+        self._pages: Connection | None = None
 
     def note(self, message: str) -> None:
         message = one_line(message)  # a note may quote a marker the server chose
@@ -284,6 +288,9 @@ class Sync:
             raise failure from None
         finally:
             self.stop.event.set()  # halts the prefetch thread, if any
+            if self._pages is not None:
+                self._pages.close()
+                self._pages = None
         result.status = runs.SUCCEEDED
         result.requests = self.client.requests_made - requests_before
         result.duration_s = round(time.monotonic() - clock, 3)
@@ -303,13 +310,17 @@ class Sync:
 
     def _write(self, result: SyncResult, page: Page, run_id: int) -> Counts:
         """Commit one page, its jobs' tasks (with --tasks) and the run's progress in one
-        transaction. The progress update is fenced (runs.record_page): a run that lost its lock
-        writes nothing more."""
+        transaction, through the database's page writer. The progress update is fenced: a run
+        that lost its lock writes nothing more."""
         fits.check_page(page.jobs, page.next_marker, self.engine.dialect.name)
         listings = self._fetch_tasks(page)
-        with self.engine.begin() as connection:
-            counts = store.write_jobs(connection, page.jobs, run_id, runs.utcnow())
-            runs.record_page(connection, run_id, len(page.jobs), counts, page.next_marker)
+        if self._pages is None:
+            self._pages = self.engine.connect()
+        connection = self._pages
+        with connection.begin():
+            counts = self.writer.write(
+                connection, page.jobs, run_id, runs.utcnow(), page.next_marker
+            )
             task_counts = self._write_tasks(connection, listings, run_id)
         result.add(len(page.jobs), counts)
         if task_counts is not None:

@@ -9,6 +9,7 @@ seen by any of them pauses them all (a shared `Throttle`). The jobs walk stays s
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -26,6 +27,8 @@ from .task_pages import (
 from .throttle import Throttle
 
 DEFAULT_CONCURRENCY = 8
+# A full --tasks sync relists a job whose tasks are all final once this has passed.
+DEFAULT_MAX_AGE = timedelta(days=1)
 # A job with this many pages of tasks (a million at 100 a page) is a server that never ends.
 MAX_TASK_PAGES = 10_000
 

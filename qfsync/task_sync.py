@@ -15,11 +15,10 @@ from sqlalchemy import Connection, Engine
 
 from . import fits, task_store
 from .store import Scope
-from .task_fetch import TaskFetcher
+from .task_fetch import DEFAULT_MAX_AGE, TaskFetcher
 from .task_pages import Task
 from .task_store import TaskCounts
 
-DEFAULT_MAX_AGE = timedelta(days=1)
 # Jobs per transaction when refreshing unfinished tasks outside the walked pages.
 BATCH = 100
 

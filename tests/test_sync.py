@@ -3,7 +3,7 @@
 import json
 
 from click.testing import CliRunner
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 
 from qfsync import db
 from qfsync.cli import main
@@ -98,28 +98,6 @@ def test_changed_job_is_updated_and_counted(engine, fake_api, run_sync):
     assert (result.jobs_inserted, result.jobs_updated, result.jobs_unchanged) == (0, 1, 249)
     row = stored_jobs(engine)[renamed]
     assert row["name"].endswith(" v2") and row["raw"]["name"] == row["name"]
-
-
-def test_each_page_is_one_upsert_statement(engine, fake_api, run_sync):
-    """Each page is written with one INSERT into finetuning_jobs carrying all its rows, not a
-    row at a time: SQLAlchemy renders the rows as one multi-row VALUES on SQLite and PostgreSQL,
-    and PyMySQL does the same with the executemany it is given on MariaDB."""
-    api = fake_api(1000)
-    inserts = []
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def record(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("INSERT INTO FINETUNING_JOBS "):
-            inserts.append((statement, parameters, executemany))
-
-    result = run_sync(engine, api)
-    assert result.pages == len(inserts) == 10
-    for statement, parameters, executemany in inserts:
-        if engine.dialect.name == "mysql":
-            assert executemany and len(parameters) == 100
-        else:
-            rows = statement.upper().split(" VALUES ", 1)[1].count("), (") + 1
-            assert rows == 100
 
 
 def test_filters_and_page_size_reach_the_api(engine, fake_api, run_sync):

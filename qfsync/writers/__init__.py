@@ -1,0 +1,82 @@
+"""Page writers: one page of jobs and the run's progress, in the caller's transaction.
+
+The fastest way to write a page differs by database, so each dialect has its own module behind
+one small interface; the sync loop asks `for_dialect` once and never branches on the dialect.
+Every writer has the semantics of `qfsync.store.write_jobs` plus `runs.record_page`, which the
+tests keep as the plain reference: new jobs are inserted with version 1; changed ones (another
+content hash, or deleted and listed again) are rewritten, and get a new version when a
+versioned field differs or their current version was closed; unchanged ones only get
+`last_seen_at` and `last_run_id`.
+"""
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from ..errors import QfsyncError
+from ..pages import Job
+from ..store import Counts
+
+
+def raw_text(item: dict[str, Any]) -> str:
+    """The item as JSON text for the `raw` column: orjson, or json for an integer beyond 64 bits
+    (which orjson refuses)."""
+    try:
+        return orjson.dumps(item).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(item, ensure_ascii=False)
+
+
+@contextmanager
+def driver_errors(connection: Connection) -> Iterator[None]:
+    """Writers talk to the driver directly; its errors become SQLAlchemy's, as if SQLAlchemy
+    had run the statement, so the sync explains them (and drops a dead connection) as usual."""
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        driver = connection.connection.driver_connection
+        dead = connection.dialect.is_disconnect(exc, driver, None)
+        if dead:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            None, None, exc, dbapi.Error, connection_invalidated=dead, dialect=connection.dialect
+        ) from exc
+
+
+class PageWriter(Protocol):
+    def write(
+        self,
+        connection: Connection,
+        jobs: Sequence[Job],
+        run_id: int,
+        now: datetime,
+        next_marker: str | None,
+    ) -> Counts:
+        """Write the page and add it to the run's progress, fenced as `runs.record_page` is:
+        only while the run is still `running`, else raise LockLost (`runs.check_fenced`). The
+        page's commit need not wait for the disk: the next sync would write it again (see "How
+        a sync behaves" in the README)."""
+        ...
+
+
+def for_dialect(name: str) -> PageWriter:
+    if name == "postgresql":
+        from .postgresql import PostgresqlWriter
+
+        return PostgresqlWriter()
+    if name == "sqlite":
+        from .sqlite import SqliteWriter
+
+        return SqliteWriter()
+    if name in ("mysql", "mariadb"):
+        from .mysql import MysqlWriter
+
+        return MysqlWriter()
+    raise QfsyncError(f"no page writer for the {name} dialect")
