@@ -119,6 +119,26 @@ def test_failure_keeps_the_last_success_time(database_url, tmp_path, fake_api):
     )
 
 
+def test_share_deleted_is_of_the_scope_not_of_the_jobs_seen(tmp_path, fake_api):
+    """A full sync that resumes a failed walk sees only its last pages but deletes for the whole
+    walk: the listed jobs plus the deleted ones give the scope's size before the sync, which
+    the deletion alert divides by, while the jobs seen would not."""
+    api = fake_api(1000)
+    url, path = f"sqlite:///{tmp_path / 'q.db'}", tmp_path / "full.prom"
+    qfsync.sync(url, **credentials(api))
+    api.faults = Faults(fail_after_pages=8)
+    with pytest.raises(RetriesExhausted):
+        qfsync.sync(url, metrics_file=path, max_attempts=1, **credentials(api))
+    api.faults = Faults()
+    api.delete([job["jobId"] for job in api.job_list()][-30:])
+    resumed = qfsync.sync(url, metrics_file=path, **credentials(api))
+    found = read(path)
+    assert resumed.resumed_from and value(found, "qfsync_last_run_jobs_deleted") == 30
+    assert value(found, "qfsync_last_run_jobs_seen") == 170
+    listed = value(found, "qfsync_stored_jobs", state="listed")
+    assert listed + value(found, "qfsync_last_run_jobs_deleted") == 1000
+
+
 def test_incremental_success_counts_full_syncs_too(tmp_path, fake_api):
     """For mode incremental the last success is that of any sync of the scope (a full one
     saw every new job too); for mode full, only full syncs count."""
