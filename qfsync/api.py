@@ -184,8 +184,6 @@ def sync(
     from .store import Scope
     from .syncer import Sync
 
-    query = job_query(train_mode, model, page_size)
-    limit = sync_settings(query, max_delete)
     outputs = Outputs(Path(metrics_file) if metrics_file else None, pushgateway)
     attempt = Attempt(Scope(train_mode, model), runs.INCREMENTAL if incremental else runs.FULL)
     url = setting("database_url", database_url, db.DEFAULT_URL) or db.DEFAULT_URL
@@ -193,6 +191,10 @@ def sync(
     def run() -> "SyncResult":
         engine = None
         try:
+            # Before connecting, yet inside the attempt: a wrong setting (a cron line whose
+            # environment changed) is a failure its metrics report like any other.
+            query = job_query(train_mode, model, page_size)
+            limit = sync_settings(query, max_delete)
             client = attempt.client = make_client(
                 endpoint, access_key, secret_key, max_attempts, max_retry_wait, timeout
             )

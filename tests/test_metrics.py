@@ -15,7 +15,7 @@ import qfsync
 from qfsync import db, runs
 from qfsync.cli import main
 from qfsync.client import RETRY_REASONS, Client, Credentials, JobQuery, walk
-from qfsync.errors import DatabaseError, RetriesExhausted, SyncLocked
+from qfsync.errors import ConfigError, DatabaseError, RetriesExhausted, SyncLocked
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Faults
 from qfsync.lock import sync_lock
 from qfsync.schema import sync_runs
@@ -188,6 +188,27 @@ def test_lock_held_is_a_failure_without_a_run(tmp_path, fake_api):
     assert value(found, "qfsync_last_success_timestamp_seconds") == pytest.approx(
         finished_at(url, first.run_id), abs=1e-3
     )
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"max_delete": "most"}, {"page_size": 0}, {"access_key": ""}],
+    ids=["max-delete", "page-size", "no-credentials"],
+)
+def test_bad_settings_are_a_failure_in_the_file(tmp_path, fake_api, setting):
+    """A setting that is wrong (a cron line's environment changed) is exit code 2 in the file,
+    whichever check finds it, with the last success time kept: the alert on failures must not
+    depend on where the setting is checked."""
+    api = fake_api(20)
+    url, path = f"sqlite:///{tmp_path / 'q.db'}", tmp_path / "qfsync.prom"
+    qfsync.sync(url, metrics_file=path, **credentials(api))
+    before = value(read(path), "qfsync_last_success_timestamp_seconds")
+    with pytest.raises(ConfigError):
+        qfsync.sync(url, metrics_file=path, **{**credentials(api), **setting})
+    found = read(path)
+    assert value(found, "qfsync_last_run_exit_code") == 2
+    assert value(found, "qfsync_last_run_success") == 0
+    assert value(found, "qfsync_last_success_timestamp_seconds") == before
 
 
 def test_unreachable_database_keeps_the_success_time_of_the_file(tmp_path, fake_api, caplog):
