@@ -170,14 +170,14 @@ def test_incremental_success_counts_full_syncs_too(tmp_path, fake_api):
 
 
 def test_lock_held_is_a_failure_without_a_run(tmp_path, fake_api):
-    """A sync that finds its scope locked writes exit code 3 and run id 0, and still the last
+    """A sync that finds the database locked writes exit code 3 and run id 0, and still the last
     success time from the database."""
     api = fake_api(50)
     url, path = f"sqlite:///{tmp_path / 'q.db'}", tmp_path / "qfsync.prom"
     first = qfsync.sync(url, metrics_file=path, **credentials(api))
     engine = db.connect(url)
     try:
-        with sync_lock(engine, ALL), pytest.raises(SyncLocked):
+        with sync_lock(engine), pytest.raises(SyncLocked):
             qfsync.sync(url, metrics_file=path, **credentials(api))
     finally:
         engine.dispose()
