@@ -17,7 +17,7 @@ from conftest import unavailable
 from prometheus_client.parser import text_string_to_metric_families
 
 import qfsync
-from qfsync.errors import RetriesExhausted
+from qfsync.errors import DatabaseError, RetriesExhausted
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Faults
 from qfsync.store import Scope
 
@@ -179,7 +179,8 @@ def test_node_exporter_serves_the_textfile(tmp_path, fake_api):
 
 def test_pushgateway_receives_a_success_and_a_failure(tmp_path, fake_api):
     """Pushes are grouped by scope and mode: a failure replaces its group's status but keeps
-    the last success time, and other scopes' and modes' groups are left as they were."""
+    the last success time (also when the database is down and the push cannot send it), and
+    other scopes' and modes' groups are left as they were."""
     api = fake_api(260)
     url = f"sqlite:///{tmp_path / 'q.db'}"
     port = free_port()
@@ -210,6 +211,15 @@ def test_pushgateway_receives_a_success_and_a_failure(tmp_path, fake_api):
         assert seen[("qfsync_last_run_success", group(ALL, "incremental"))] == 0
         # an incremental sync counts the full sync's success as its own freshness
         assert seen[("qfsync_last_success_timestamp_seconds", group(ALL, "incremental"))] == success
+
+        # With the database down the last success cannot be read: the push leaves it out, and
+        # the Pushgateway keeps the value it had, as it keeps the job counts.
+        with pytest.raises(DatabaseError):
+            qfsync.sync("postgresql://nobody@127.0.0.1:1/x", pushgateway=base, **credentials(api))
+        seen = scrape(f"{base}/metrics")
+        assert seen[("qfsync_last_run_id", group(ALL, "full"))] == 0
+        assert seen[("qfsync_last_success_timestamp_seconds", group(ALL, "full"))] == success
+        assert seen[("qfsync_stored_jobs", group(ALL, "full", state="listed"))] == 260
         # the Pushgateway accepted every push
         failures = [v for (name, _), v in seen.items() if name == "push_failure_time_seconds"]
         assert len(failures) == 3 and set(failures) == {0}
