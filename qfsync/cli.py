@@ -87,6 +87,13 @@ class Group(click.Group):
         except QfsyncError as exc:
             log.debug("failure detail", exc_info=True)
             fail(f"error: {exc}", exc.exit_code, exc)
+        except click.UsageError as exc:
+            if not json_logs():
+                raise
+            # click's usage block is several plain lines; a log store wants one object. (A
+            # top-level option click rejects comes before --log-format is known: plain text.)
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
+            fail(f"usage error: {exc.format_message()}{hint}", exc.exit_code, exc)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug: say so briefly, with the way to see more

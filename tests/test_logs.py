@@ -133,3 +133,18 @@ def test_default_logs_stay_human_readable(tmp_path, fake_api):
     for done in (synced, listed, rejected, quiet):
         for secret in SECRETS:
             assert secret not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args", [["sync", "--page-size", "0"], ["jobs", "--bogus"], ["report", "--max-age", "soon"]]
+)
+def test_json_usage_errors_are_one_object(fake_api, args):
+    """With JSON logs a command line that does not parse is one JSON line with exit code 2,
+    like every other failure, not click's plain-text usage block."""
+    api = fake_api(10)
+    done = qfsync("--log-format", "json", *args, api=api)
+    [error] = json_lines(done.stderr)
+    assert done.returncode == error["exit_code"] == 2
+    assert error["level"] == "error" and args[1] in error["message"]
+    assert f"qfsync {args[0]} --help" in error["message"]
