@@ -9,8 +9,10 @@ with its column's comment as help text. prometheus_client is imported only when 
 asked for.
 """
 
+import contextlib
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -246,6 +248,27 @@ def previous_success(path: Path, labels: dict[str, str]) -> float | None:
     return None
 
 
+def replace_file(path: Path, content: bytes) -> None:
+    """Put `content` at `path` so that a reader sees the old file or the new one, never half of
+    one: written to a temporary file in the same directory (named so that the textfile
+    collector, which reads only *.prom, skips it), synced, then renamed over `path`.
+    prometheus_client's write_to_textfile does the rename too, but creates its file with the
+    umask's mode and lets a crash leave a named-but-empty file; the node exporter usually runs
+    as another user, so the file is readable by all before it gets its name."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), 0o644)
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
 @dataclass(frozen=True)
 class Outputs:
     """Where the metrics go: a file for the textfile collector, a Pushgateway, both or none."""
@@ -285,15 +308,13 @@ class Outputs:
             self._push(self.pushgateway, snapshot)
 
     def _write_file(self, path: Path, snapshot: Snapshot) -> None:
-        from prometheus_client import write_to_textfile
+        from prometheus_client import generate_latest
 
         labels = {"scope": snapshot.scope, "mode": snapshot.mode}
         if snapshot.stored_jobs is None:  # the database could not be read
             snapshot = replace(snapshot, last_success=previous_success(path, labels))
         try:
-            # Written to a temporary file beside it and renamed: a reader never sees half.
-            write_to_textfile(str(path), registry_of(snapshot, labels))
-            os.chmod(path, 0o644)  # the node exporter usually runs as another user
+            replace_file(path, generate_latest(registry_of(snapshot, labels)))
         except OSError as exc:
             log.warning("metrics: cannot write %s: %s", path, exc.strerror or exc)
 

@@ -2,7 +2,9 @@
 retries are counted by reason, and the shipped alert rules use the names qfsync writes."""
 
 import logging
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,30 @@ def test_file_holds_the_values_of_the_run(tmp_path, fake_api):
     assert {dict(key)["reason"] for key in found["qfsync_last_run_api_retries"]["samples"]} == set(
         RETRY_REASONS
     )
+
+
+def test_file_is_readable_by_all_from_the_moment_it_appears(tmp_path, fake_api, monkeypatch):
+    """Under a strict umask the file is renamed into place already readable by the node
+    exporter's user, from a temporary file in the same directory that it does not read."""
+    api = fake_api(20)
+    path = tmp_path / "qfsync.prom"
+    renamed = []
+    rename = os.replace
+
+    def watch(source, target):
+        renamed.append((Path(source), stat.S_IMODE(os.stat(source).st_mode)))
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", watch)
+    old_umask = os.umask(0o077)
+    try:
+        qfsync.sync(f"sqlite:///{tmp_path / 'q.db'}", metrics_file=path, **credentials(api))
+    finally:
+        os.umask(old_umask)
+    [(source, mode)] = [(s, m) for s, m in renamed if s.parent == tmp_path and s != path]
+    assert mode == 0o644 and not source.name.endswith(".prom")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir() if "prom" in p.name) == ["qfsync.prom"]
 
 
 def test_counts_follow_the_run_counts_list():
