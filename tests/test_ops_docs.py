@@ -100,3 +100,11 @@ def test_documented_command_lines_parse(args):
     """Each documented command line's options exist (parsed, not run: --help)."""
     done = CliRunner().invoke(main, [*args, "--help"])
     assert done.exit_code == 0, done.output
+
+
+def test_cronjob_runs_the_qfsync_command():
+    """The CronJob's container names qfsync as its command: `args` alone only replace the
+    image's CMD, so on a plain Python image they would run `--log-format` as a program."""
+    container = OPERATING.split("kind: CronJob")[1].split("```")[0]
+    assert re.search(r'^\s+command: \["qfsync"\]', container, re.MULTILINE)
+    assert container.index("command:") < container.index("args:")
