@@ -102,9 +102,10 @@ def test_documented_command_lines_parse(args):
     assert done.exit_code == 0, done.output
 
 
-def test_cronjob_runs_the_qfsync_command():
-    """The CronJob's container names qfsync as its command: `args` alone only replace the
-    image's CMD, so on a plain Python image they would run `--log-format` as a program."""
-    container = OPERATING.split("kind: CronJob")[1].split("```")[0]
+@pytest.mark.parametrize("doc", [OPERATING, README], ids=["operating.md", "README.md"])
+def test_cronjob_runs_the_qfsync_command(doc):
+    """Each CronJob's container names qfsync as its command: `args` alone only replace the
+    image's CMD, so on a plain Python image they would run `sync` as a program."""
+    container = doc.split("kind: CronJob")[1].split("```")[0]
     assert re.search(r'^\s+command: \["qfsync"\]', container, re.MULTILINE)
     assert container.index("command:") < container.index("args:")
