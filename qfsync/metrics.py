@@ -169,7 +169,7 @@ class SnapshotCollector:
         )
         yield self.gauge(
             "last_run_duration_seconds",
-            "How long the last attempt took, waiting for the scope's lock included.",
+            "How long the last attempt took, waiting for the database's lock included.",
             round(s.finished_at - s.started_at, 3),
         )
         yield self.gauge(
