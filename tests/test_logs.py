@@ -61,8 +61,8 @@ def with_password(url: str) -> str:
 def test_json_logs_are_one_object_a_line_without_secrets(database_url, fake_api):
     """A sync with retries, one rejected by the API and one whose database is unreachable:
     every line on stderr is a JSON object; page lines carry page, marker, request id and run
-    id, retry lines attempt, delay and error, failures the error and exit code; no secret
-    appears anywhere in the output."""
+    id, retry lines attempt, delay, error and request id, failures the error and exit code; no
+    secret appears anywhere in the output."""
     api = fake_api(640, Faults(throttle_rate=0.3, retry_after_s=0))
     url = with_password(database_url)
     outputs = []
@@ -82,6 +82,8 @@ def test_json_logs_are_one_object_a_line_without_secrets(database_url, fake_api)
     assert retries and all(
         {"delay_s", "error", "run_id"} <= e.keys() and e["level"] == "info" for e in retries
     )
+    # a throttled request has the API's request id, which the provider's support asks for
+    assert all(e["request_id"] for e in retries)
     assert len(retries) == api.request_count - run["pages"]
 
     rejected = qfsync(
