@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,8 +51,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def get(url: str, headers: dict[str, str] | None = None) -> str:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
         return response.read().decode()
 
 
@@ -68,6 +70,8 @@ def serving(command: list[str], port: int) -> Iterator[str]:
             try:
                 get(f"{base}/metrics")
                 break
+            except urllib.error.HTTPError:  # it answers, if only to refuse
+                break
             except OSError:
                 if time.monotonic() > deadline:
                     pytest.fail(f"{command[0]} did not answer on port {port} within 30s")
@@ -83,11 +87,11 @@ def serving(command: list[str], port: int) -> Iterator[str]:
         process.stderr.close()
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+def scrape(url: str, headers: dict[str, str] | None = None) -> dict[tuple[str, frozenset], float]:
     """Every sample of a /metrics page, by name and labels."""
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(get(url))
+        for family in text_string_to_metric_families(get(url, headers))
         for sample in family.samples
     }
 
@@ -177,6 +181,18 @@ def test_node_exporter_serves_the_textfile(tmp_path, fake_api):
         assert seen[("qfsync_last_run_success", at("incremental"))] == 1
 
 
+def pushgateway(port: int, *options: str) -> list[str]:
+    """A Pushgateway that keeps what it receives in memory only: Debian's build persists to
+    /var/lib/prometheus/pushgateway.data by default, which would carry groups from one test
+    run (or one concurrent run) into the next."""
+    return [
+        program("pushgateway"),
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--persistence.file=",
+        *options,
+    ]
+
+
 def test_pushgateway_receives_a_success_and_a_failure(tmp_path, fake_api):
     """Pushes are grouped by scope and mode: a failure replaces its group's status but keeps
     the last success time (also when the database is down and the push cannot send it), and
@@ -184,7 +200,7 @@ def test_pushgateway_receives_a_success_and_a_failure(tmp_path, fake_api):
     api = fake_api(260)
     url = f"sqlite:///{tmp_path / 'q.db'}"
     port = free_port()
-    command = [program("pushgateway"), f"--web.listen-address=127.0.0.1:{port}"]
+    command = pushgateway(port)
 
     def group(scope: str, mode: str, **labels: str) -> frozenset:
         return frozenset(
@@ -192,6 +208,7 @@ def test_pushgateway_receives_a_success_and_a_failure(tmp_path, fake_api):
         )
 
     with serving(command, port) as base:
+        assert not [name for name, _ in scrape(f"{base}/metrics") if name.startswith("qfsync_")]
         first = qfsync.sync(url, pushgateway=base, **credentials(api))
         sft = qfsync.sync(url, pushgateway=base, train_mode="SFT", **credentials(api))
         seen = scrape(f"{base}/metrics")
