@@ -14,11 +14,11 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -269,6 +269,25 @@ def replace_file(path: Path, content: bytes) -> None:
         raise
 
 
+def push_target(url: str) -> tuple[str, Callable[..., Any]]:
+    """The Pushgateway URL without user info, and the prometheus_client handler that sends
+    that user and password as basic auth (urllib would take `user:password@host` for a host
+    name, and a Pushgateway behind --web.config.file asks for basic auth)."""
+    from prometheus_client.exposition import basic_auth_handler, default_handler
+
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, default_handler
+    username, password = unquote(parts.username), unquote(parts.password or "")
+
+    def handler(
+        url: str, method: str, timeout: float | None, headers: list[tuple[str, str]], data: bytes
+    ) -> Callable[[], None]:
+        return basic_auth_handler(url, method, timeout, headers, data, username, password)
+
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl(), handler
+
+
 @dataclass(frozen=True)
 class Outputs:
     """Where the metrics go: a file for the textfile collector, a Pushgateway, both or none."""
@@ -321,15 +340,17 @@ class Outputs:
     def _push(self, url: str, snapshot: Snapshot) -> None:
         from prometheus_client import pushadd_to_gateway
 
+        gateway, handler = push_target(url)
         # POST replaces only the metrics pushed, so a last success time this attempt could not
         # read stays in the group as it was; scope and mode each get a group of their own.
         try:
             pushadd_to_gateway(
-                url,
+                gateway,
                 job=PUSH_JOB,
                 registry=registry_of(snapshot, {}),
                 grouping_key={"scope": snapshot.scope, "mode": snapshot.mode},
                 timeout=PUSH_TIMEOUT_S,
+                handler=handler,
             )
         except OSError as exc:  # URLError and HTTPError included
             log.warning("metrics: cannot push to %s: %s", mask_text(url), exc)

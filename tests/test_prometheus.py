@@ -3,6 +3,7 @@
 exporter serves the textfile directory over HTTP; a Pushgateway receives a success and a
 failure. The servers are started on free loopback ports and stopped after each test."""
 
+import base64
 import shutil
 import socket
 import subprocess
@@ -241,3 +242,26 @@ def test_pushgateway_receives_a_success_and_a_failure(tmp_path, fake_api):
         failures = [v for (name, _), v in seen.items() if name == "push_failure_time_seconds"]
         assert len(failures) == 3 and set(failures) == {0}
     assert first.status == "succeeded"
+
+
+# A bcrypt hash of PUSH_PASSWORD, for the Pushgateway's --web.config.file.
+PUSH_USER, PUSH_PASSWORD = "qfsync", "push-pw-Xk3"
+PUSH_HASH = "$2b$04$NvaVRsYcVnm1D/5ceUhf3uQbJijOYq0vnBvUrvAVmXJ7TWP0t2tA."
+
+
+def test_pushgateway_with_basic_auth_from_the_url(tmp_path, fake_api, caplog):
+    """A Pushgateway that asks for basic auth gets the user and password of the URL, which
+    no log line shows."""
+    web_config = tmp_path / "web.yml"
+    web_config.write_text(f"basic_auth_users:\n  {PUSH_USER}: {PUSH_HASH}\n")
+    api = fake_api(40)
+    port = free_port()
+    command = pushgateway(port, f"--web.config.file={web_config}")
+    with serving(command, port) as base:
+        url = base.replace("://", f"://{PUSH_USER}:{PUSH_PASSWORD}@")
+        result = qfsync.sync(f"sqlite:///{tmp_path / 'q.db'}", pushgateway=url, **credentials(api))
+        token = base64.b64encode(f"{PUSH_USER}:{PUSH_PASSWORD}".encode()).decode()
+        seen = scrape(f"{base}/metrics", {"Authorization": f"Basic {token}"})
+    labels = {"job": "qfsync", "instance": "", "scope": ALL, "mode": "full"}
+    assert seen[("qfsync_last_run_id", frozenset(labels.items()))] == result.run_id
+    assert PUSH_PASSWORD not in caplog.text
