@@ -326,8 +326,10 @@ def progress_printer() -> Callable[["SyncResult"], None]:
 @click.option(
     "--pushgateway",
     metavar="URL",
+    envvar="QFSYNC_PUSHGATEWAY",
+    show_envvar=True,
     help="Push the run's Prometheus metrics to this Pushgateway (job qfsync, grouped by scope "
-    "and mode), also on failure.",
+    "and mode), also on failure; user:password@ in the URL is sent as basic auth.",
 )
 def sync(as_json: bool, no_migrate: bool, **options: Any) -> None:
     """Walk every page of the API and upsert each job, recording the run in sync_runs."""

@@ -318,3 +318,13 @@ def test_alert_rules_use_the_metrics_qfsync_writes(tmp_path, fake_api):
     qfsync.sync(f"sqlite:///{tmp_path / 'q.db'}", metrics_file=path, **credentials(api))
     named = set(re.findall(r"\bqfsync_[a-z_]+", ALERTS.read_text()))
     assert named and named <= set(read(path))
+
+
+def test_pushgateway_url_from_the_environment(tmp_path, fake_api, api_env, monkeypatch):
+    """QFSYNC_PUSHGATEWAY gives --pushgateway, so that a URL with a password can come from a
+    secret rather than the command line."""
+    api = fake_api(20)
+    api_env(api)
+    monkeypatch.setenv("QFSYNC_PUSHGATEWAY", "pushgateway:9091")
+    done = CliRunner().invoke(main, ["sync", "--database-url", f"sqlite:///{tmp_path / 'q.db'}"])
+    assert done.exit_code == 2 and "--pushgateway: not an http(s) URL" in done.stderr
