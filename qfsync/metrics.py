@@ -299,6 +299,11 @@ class Outputs:
         # Checked before the sync starts, so that a typo is a usage error, not a lost signal.
         if self.file is not None and not self.file.parent.is_dir():
             raise ConfigError(f"--metrics-file: no directory {str(self.file.parent)!r}")
+        # Any other name is skipped without a word, and the alerts would never see the run.
+        if self.file is not None and self.file.suffix != ".prom":
+            raise ConfigError(
+                f"--metrics-file: the node exporter reads only *.prom files, not {self.file.name!r}"
+            )
         if self.pushgateway is not None:
             parts = urlsplit(self.pushgateway)
             if parts.scheme not in ("http", "https") or not parts.netloc:

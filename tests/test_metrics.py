@@ -297,6 +297,7 @@ def test_push_failure_is_a_warning(tmp_path, fake_api, caplog):
     [
         (["--metrics-file", "/nonexistent/dir/q.prom"], "--metrics-file: no directory"),
         (["--pushgateway", "pushgateway:9091"], "--pushgateway: not an http(s) URL"),
+        (["--metrics-file", "qfsync.txt"], "--metrics-file: the node exporter reads only *.prom"),
     ],
 )
 def test_bad_metrics_destination_is_a_usage_error(tmp_path, fake_api, api_env, args, message):
