@@ -62,8 +62,12 @@ def json_logs() -> bool:
 
 
 def say(message: str) -> None:
-    """A note for the operator on stderr (with JSON logs, the library logs its notes itself)."""
-    click.echo(f"qfsync: {message}", err=True)
+    """A note for the operator on stderr: one JSON object with JSON logs. (A sync's notes are
+    logged by the library itself, so the sync passes this only for text logs.)"""
+    if json_logs():
+        log.info(message)
+    else:
+        click.echo(f"qfsync: {message}", err=True)
 
 
 def fail(message: str, exit_code: int, exc: BaseException | None = None) -> None:
@@ -516,11 +520,10 @@ def fake_api(
         api.start()
     except OSError as exc:
         raise QfsyncError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
-    click.echo(
+    say(
         f"fake API serving {job_count} jobs at {api.url} (Ctrl-C stops it); demo "
         f"credentials: QIANFAN_ACCESS_KEY={DEMO_ACCESS_KEY} "
-        f"QIANFAN_SECRET_KEY={DEMO_SECRET_KEY}",
-        err=True,
+        f"QIANFAN_SECRET_KEY={DEMO_SECRET_KEY}"
     )
     api.serve_forever()
 

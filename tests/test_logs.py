@@ -3,6 +3,7 @@ the run's facts; --verbose adds a line per page; secrets appear in neither forma
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -150,3 +151,25 @@ def test_json_usage_errors_are_one_object(fake_api, args):
     assert done.returncode == error["exit_code"] == 2
     assert error["level"] == "error" and args[1] in error["message"]
     assert f"qfsync {args[0]} --help" in error["message"]
+
+
+@pytest.mark.slow
+def test_json_fake_api_banner_is_one_object():
+    """Even the fake API's banner is a JSON line under JSON logs, with its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("QFSYNC_")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "qfsync", "--log-format", "json", "fake-api", "--port", str(port)],
+        env=environment,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        [banner] = json_lines(server.stderr.readline())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        server.stderr.close()
+    assert banner["level"] == "info" and f"http://127.0.0.1:{port}" in banner["message"]
