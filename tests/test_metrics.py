@@ -313,12 +313,19 @@ def test_bad_metrics_destination_is_a_usage_error(tmp_path, fake_api, api_env, a
 
 
 def test_alert_rules_use_the_metrics_qfsync_writes(tmp_path, fake_api):
-    """Every qfsync metric the shipped alert rules name is one that a sync writes."""
+    """Every qfsync metric the shipped alert rules name is one that a sync writes, with the
+    labels they match on."""
     api = fake_api(20)
     path = tmp_path / "qfsync.prom"
     qfsync.sync(f"sqlite:///{tmp_path / 'q.db'}", metrics_file=path, **credentials(api))
     named = set(re.findall(r"\bqfsync_[a-z_]+", ALERTS.read_text()))
-    assert named and named <= set(read(path))
+    found = read(path)
+    assert named and named <= set(found)
+    # and every label matcher they use, such as {state="listed"}, matches a sample written
+    matchers = re.findall(r'\b(qfsync_[a-z_]+)\{(\w+)="([^"]*)"\}', ALERTS.read_text())
+    assert matchers
+    for name, label, wanted in matchers:
+        assert any(dict(key).get(label) == wanted for key in found[name]["samples"]), name
 
 
 def test_pushgateway_url_from_the_environment(tmp_path, fake_api, api_env, monkeypatch):
