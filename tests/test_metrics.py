@@ -300,8 +300,11 @@ def test_push_failure_is_a_warning(tmp_path, fake_api, caplog):
         (["--metrics-file", "qfsync.txt"], "--metrics-file: the node exporter reads only *.prom"),
     ],
 )
-def test_bad_metrics_destination_is_a_usage_error(tmp_path, fake_api, api_env, args, message):
+def test_bad_metrics_destination_is_a_usage_error(
+    tmp_path, fake_api, api_env, monkeypatch, args, message
+):
     """A metrics destination that cannot work is exit 2 and one line, before any request."""
+    monkeypatch.chdir(tmp_path)  # a relative file, if written after all, lands here
     api = fake_api(20)
     api_env(api)
     done = CliRunner().invoke(
