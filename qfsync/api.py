@@ -229,10 +229,6 @@ def sync(
     from .syncer import Sync
     from .task_sync import TaskSync
 
-    if task_concurrency < 1:
-        raise ConfigError(f"task_concurrency must be at least 1, not {task_concurrency}")
-    query = job_query(train_mode, model, page_size)
-    limit = sync_settings(query, max_delete)
     outputs = Outputs(Path(metrics_file) if metrics_file else None, pushgateway)
     attempt = Attempt(Scope(train_mode, model), runs.INCREMENTAL if incremental else runs.FULL)
     url = setting("database_url", database_url, db.DEFAULT_URL) or db.DEFAULT_URL
@@ -240,6 +236,12 @@ def sync(
     def run() -> "SyncResult":
         engine = None
         try:
+            # Before connecting, yet inside the attempt: a wrong setting (a cron line whose
+            # environment changed) is a failure its metrics report like any other.
+            if task_concurrency < 1:
+                raise ConfigError(f"task_concurrency must be at least 1, not {task_concurrency}")
+            query = job_query(train_mode, model, page_size)
+            limit = sync_settings(query, max_delete)
             client = attempt.client = make_client(
                 endpoint, access_key, secret_key, max_attempts, max_retry_wait, timeout
             )

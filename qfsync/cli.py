@@ -63,8 +63,12 @@ def json_logs() -> bool:
 
 
 def say(message: str) -> None:
-    """A note for the operator on stderr (with JSON logs, the library logs its notes itself)."""
-    click.echo(f"qfsync: {message}", err=True)
+    """A note for the operator on stderr: one JSON object with JSON logs. (A sync's notes are
+    logged by the library itself, so the sync passes this only for text logs.)"""
+    if json_logs():
+        log.info(message)
+    else:
+        click.echo(f"qfsync: {message}", err=True)
 
 
 def fail(message: str, exit_code: int, exc: BaseException | None = None) -> None:
@@ -88,6 +92,13 @@ class Group(click.Group):
         except QfsyncError as exc:
             log.debug("failure detail", exc_info=True)
             fail(f"error: {exc}", exc.exit_code, exc)
+        except click.UsageError as exc:
+            if not json_logs():
+                raise
+            # click's usage block is several plain lines; a log store wants one object. (A
+            # top-level option click rejects comes before --log-format is known: plain text.)
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
+            fail(f"usage error: {exc.format_message()}{hint}", exc.exit_code, exc)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug: say so briefly, with the way to see more
@@ -370,8 +381,10 @@ def progress_printer() -> Callable[["SyncResult"], None]:
 @click.option(
     "--pushgateway",
     metavar="URL",
+    envvar="QFSYNC_PUSHGATEWAY",
+    show_envvar=True,
     help="Push the run's Prometheus metrics to this Pushgateway (job qfsync, grouped by scope "
-    "and mode), also on failure.",
+    "and mode), also on failure; user:password@ in the URL is sent as basic auth.",
 )
 def sync(as_json: bool, no_migrate: bool, **options: Any) -> None:
     """Walk every page of the API and upsert each job, recording the run in sync_runs.
@@ -594,11 +607,10 @@ def fake_api(
         api.start()
     except OSError as exc:
         raise QfsyncError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
-    click.echo(
+    say(
         f"fake API serving {job_count} jobs at {api.url} (Ctrl-C stops it); demo "
         f"credentials: QIANFAN_ACCESS_KEY={DEMO_ACCESS_KEY} "
-        f"QIANFAN_SECRET_KEY={DEMO_SECRET_KEY}",
-        err=True,
+        f"QIANFAN_SECRET_KEY={DEMO_SECRET_KEY}"
     )
     api.serve_forever()
 

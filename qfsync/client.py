@@ -333,13 +333,15 @@ class Client:
             or text_of(headers.get("X-Bce-Error-Message"))
             or excerpt(raw)
         )
-        if status in RETRY_STATUSES or old_code in RETRY_OLD_CODES:
-            raise TransientError(f"HTTP {status} {code}: {message}", retry_after(response))
         request_id = (
             text_of(error.get("requestId"))
             or text_of(error.get("log_id"))
             or text_of(headers.get("X-Bce-Request-Id"))
         )
+        if status in RETRY_STATUSES or old_code in RETRY_OLD_CODES:
+            raise TransientError(
+                f"HTTP {status} {code}: {message}", retry_after(response), request_id
+            )
         raise ApiError(code, message, request_id, status, HINTS.get(code))
 
     def fetch_page(self, body: dict[str, Any], stop: threading.Event | None = None) -> Page:
@@ -384,6 +386,7 @@ class Client:
                         "attempt": attempt,
                         "delay_s": round(delay, 3),
                         "error": str(exc),
+                        "request_id": exc.request_id,
                         "marker": body.get("marker"),
                     },
                 )

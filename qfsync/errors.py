@@ -88,8 +88,11 @@ class ApiError(QfsyncError):
 class TransientError(QfsyncError):
     """A failure worth retrying: connection error, throttling, server error, malformed page."""
 
-    def __init__(self, message: str, retry_after: float | None = None):
+    def __init__(
+        self, message: str, retry_after: float | None = None, request_id: str | None = None
+    ):
         self.retry_after = retry_after  # seconds the server asked for, if it did
+        self.request_id = request_id  # the API's id of the failed request, if it answered
         super().__init__(message)
 
 

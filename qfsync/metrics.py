@@ -9,14 +9,16 @@ with its column's comment as help text. prometheus_client is imported only when 
 asked for.
 """
 
+import contextlib
 import logging
 import os
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -167,7 +169,7 @@ class SnapshotCollector:
         )
         yield self.gauge(
             "last_run_duration_seconds",
-            "How long the last attempt took, waiting for the scope's lock included.",
+            "How long the last attempt took, waiting for the database's lock included.",
             round(s.finished_at - s.started_at, 3),
         )
         yield self.gauge(
@@ -246,6 +248,46 @@ def previous_success(path: Path, labels: dict[str, str]) -> float | None:
     return None
 
 
+def replace_file(path: Path, content: bytes) -> None:
+    """Put `content` at `path` so that a reader sees the old file or the new one, never half of
+    one: written to a temporary file in the same directory (named so that the textfile
+    collector, which reads only *.prom, skips it), synced, then renamed over `path`.
+    prometheus_client's write_to_textfile does the rename too, but creates its file with the
+    umask's mode and lets a crash leave a named-but-empty file; the node exporter usually runs
+    as another user, so the file is readable by all before it gets its name."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), 0o644)
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def push_target(url: str) -> tuple[str, Callable[..., Any]]:
+    """The Pushgateway URL without user info, and the prometheus_client handler that sends
+    that user and password as basic auth (urllib would take `user:password@host` for a host
+    name, and a Pushgateway behind --web.config.file asks for basic auth)."""
+    from prometheus_client.exposition import basic_auth_handler, default_handler
+
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, default_handler
+    username, password = unquote(parts.username), unquote(parts.password or "")
+
+    def handler(
+        url: str, method: str, timeout: float | None, headers: list[tuple[str, str]], data: bytes
+    ) -> Callable[[], None]:
+        return basic_auth_handler(url, method, timeout, headers, data, username, password)
+
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl(), handler
+
+
 @dataclass(frozen=True)
 class Outputs:
     """Where the metrics go: a file for the textfile collector, a Pushgateway, both or none."""
@@ -257,6 +299,11 @@ class Outputs:
         # Checked before the sync starts, so that a typo is a usage error, not a lost signal.
         if self.file is not None and not self.file.parent.is_dir():
             raise ConfigError(f"--metrics-file: no directory {str(self.file.parent)!r}")
+        # Any other name is skipped without a word, and the alerts would never see the run.
+        if self.file is not None and self.file.suffix != ".prom":
+            raise ConfigError(
+                f"--metrics-file: the node exporter reads only *.prom files, not {self.file.name!r}"
+            )
         if self.pushgateway is not None:
             parts = urlsplit(self.pushgateway)
             if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -285,30 +332,30 @@ class Outputs:
             self._push(self.pushgateway, snapshot)
 
     def _write_file(self, path: Path, snapshot: Snapshot) -> None:
-        from prometheus_client import write_to_textfile
+        from prometheus_client import generate_latest
 
         labels = {"scope": snapshot.scope, "mode": snapshot.mode}
         if snapshot.stored_jobs is None:  # the database could not be read
             snapshot = replace(snapshot, last_success=previous_success(path, labels))
         try:
-            # Written to a temporary file beside it and renamed: a reader never sees half.
-            write_to_textfile(str(path), registry_of(snapshot, labels))
-            os.chmod(path, 0o644)  # the node exporter usually runs as another user
+            replace_file(path, generate_latest(registry_of(snapshot, labels)))
         except OSError as exc:
             log.warning("metrics: cannot write %s: %s", path, exc.strerror or exc)
 
     def _push(self, url: str, snapshot: Snapshot) -> None:
         from prometheus_client import pushadd_to_gateway
 
+        gateway, handler = push_target(url)
         # POST replaces only the metrics pushed, so a last success time this attempt could not
         # read stays in the group as it was; scope and mode each get a group of their own.
         try:
             pushadd_to_gateway(
-                url,
+                gateway,
                 job=PUSH_JOB,
                 registry=registry_of(snapshot, {}),
                 grouping_key={"scope": snapshot.scope, "mode": snapshot.mode},
                 timeout=PUSH_TIMEOUT_S,
+                handler=handler,
             )
         except OSError as exc:  # URLError and HTTPError included
             log.warning("metrics: cannot push to %s: %s", mask_text(url), exc)

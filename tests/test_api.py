@@ -16,7 +16,6 @@ from qfsync.cli import main
 from qfsync.errors import ApiError, ConfigError, SyncLocked
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
 from qfsync.lock import sync_lock
-from qfsync.store import Scope
 
 # Per run: what differs between two runs that did the same work.
 PER_RUN = {"run_id", "duration_s"}
@@ -84,7 +83,7 @@ def test_failures_raise_the_exceptions_the_cli_translates(tmp_path, fake_api, mo
     assert wrong.value.exit_code == 1 and wrong.value.run_id == 1
     engine = db.connect(url)
     try:
-        with sync_lock(engine, Scope().key) as held:
+        with sync_lock(engine) as held:
             assert held
             with pytest.raises(SyncLocked) as locked:
                 qfsync.sync(url, **credentials(api))

@@ -3,6 +3,7 @@ the run's facts; --verbose adds a line per page; secrets appear in neither forma
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -61,8 +62,8 @@ def with_password(url: str) -> str:
 def test_json_logs_are_one_object_a_line_without_secrets(database_url, fake_api):
     """A sync with retries, one rejected by the API and one whose database is unreachable:
     every line on stderr is a JSON object; page lines carry page, marker, request id and run
-    id, retry lines attempt, delay and error, failures the error and exit code; no secret
-    appears anywhere in the output."""
+    id, retry lines attempt, delay, error and request id, failures the error and exit code; no
+    secret appears anywhere in the output."""
     api = fake_api(640, Faults(throttle_rate=0.3, retry_after_s=0))
     url = with_password(database_url)
     outputs = []
@@ -82,6 +83,8 @@ def test_json_logs_are_one_object_a_line_without_secrets(database_url, fake_api)
     assert retries and all(
         {"delay_s", "error", "run_id"} <= e.keys() and e["level"] == "info" for e in retries
     )
+    # a throttled request has the API's request id, which the provider's support asks for
+    assert all(e["request_id"] for e in retries)
     assert len(retries) == api.request_count - run["pages"]
 
     rejected = qfsync(
@@ -133,3 +136,40 @@ def test_default_logs_stay_human_readable(tmp_path, fake_api):
     for done in (synced, listed, rejected, quiet):
         for secret in SECRETS:
             assert secret not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args", [["sync", "--page-size", "0"], ["jobs", "--bogus"], ["report", "--max-age", "soon"]]
+)
+def test_json_usage_errors_are_one_object(fake_api, args):
+    """With JSON logs a command line that does not parse is one JSON line with exit code 2,
+    like every other failure, not click's plain-text usage block."""
+    api = fake_api(10)
+    done = qfsync("--log-format", "json", *args, api=api)
+    [error] = json_lines(done.stderr)
+    assert done.returncode == error["exit_code"] == 2
+    assert error["level"] == "error" and args[1] in error["message"]
+    assert f"qfsync {args[0]} --help" in error["message"]
+
+
+@pytest.mark.slow
+def test_json_fake_api_banner_is_one_object():
+    """Even the fake API's banner is a JSON line under JSON logs, with its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("QFSYNC_")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "qfsync", "--log-format", "json", "fake-api", "--port", str(port)],
+        env=environment,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        [banner] = json_lines(server.stderr.readline())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        server.stderr.close()
+    assert banner["level"] == "info" and f"http://127.0.0.1:{port}" in banner["message"]

@@ -2,7 +2,9 @@
 retries are counted by reason, and the shipped alert rules use the names qfsync writes."""
 
 import logging
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ import qfsync
 from qfsync import db, runs
 from qfsync.cli import main
 from qfsync.client import RETRY_REASONS, Client, Credentials, JobQuery, walk
-from qfsync.errors import DatabaseError, RetriesExhausted, SyncLocked
+from qfsync.errors import ConfigError, DatabaseError, RetriesExhausted, SyncLocked
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Faults
 from qfsync.lock import sync_lock
 from qfsync.schema import sync_runs
@@ -88,6 +90,30 @@ def test_file_holds_the_values_of_the_run(tmp_path, fake_api):
     )
 
 
+def test_file_is_readable_by_all_from_the_moment_it_appears(tmp_path, fake_api, monkeypatch):
+    """Under a strict umask the file is renamed into place already readable by the node
+    exporter's user, from a temporary file in the same directory that it does not read."""
+    api = fake_api(20)
+    path = tmp_path / "qfsync.prom"
+    renamed = []
+    rename = os.replace
+
+    def watch(source, target):
+        renamed.append((Path(source), stat.S_IMODE(os.stat(source).st_mode)))
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", watch)
+    old_umask = os.umask(0o077)
+    try:
+        qfsync.sync(f"sqlite:///{tmp_path / 'q.db'}", metrics_file=path, **credentials(api))
+    finally:
+        os.umask(old_umask)
+    [(source, mode)] = [(s, m) for s, m in renamed if s.parent == tmp_path and s != path]
+    assert mode == 0o644 and not source.name.endswith(".prom")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir() if "prom" in p.name) == ["qfsync.prom"]
+
+
 def test_counts_follow_the_run_counts_list():
     """Each count of runs.COUNTS has its metric, whose help text is its column's comment, so a
     count added to sync_runs is exported without touching the metrics code."""
@@ -117,6 +143,26 @@ def test_failure_keeps_the_last_success_time(database_url, tmp_path, fake_api):
     assert value(found, "qfsync_last_success_timestamp_seconds") == pytest.approx(
         finished_at(database_url, first.run_id), abs=1e-3
     )
+
+
+def test_share_deleted_is_of_the_scope_not_of_the_jobs_seen(tmp_path, fake_api):
+    """A full sync that resumes a failed walk sees only its last pages but deletes for the whole
+    walk: the listed jobs plus the deleted ones give the scope's size before the sync, which
+    the deletion alert divides by, while the jobs seen would not."""
+    api = fake_api(1000)
+    url, path = f"sqlite:///{tmp_path / 'q.db'}", tmp_path / "full.prom"
+    qfsync.sync(url, **credentials(api))
+    api.faults = Faults(fail_after_pages=8)
+    with pytest.raises(RetriesExhausted):
+        qfsync.sync(url, metrics_file=path, max_attempts=1, **credentials(api))
+    api.faults = Faults()
+    api.delete([job["jobId"] for job in api.job_list()][-30:])
+    resumed = qfsync.sync(url, metrics_file=path, **credentials(api))
+    found = read(path)
+    assert resumed.resumed_from and value(found, "qfsync_last_run_jobs_deleted") == 30
+    assert value(found, "qfsync_last_run_jobs_seen") == 170
+    listed = value(found, "qfsync_stored_jobs", state="listed")
+    assert listed + value(found, "qfsync_last_run_jobs_deleted") == 1000
 
 
 def test_incremental_success_counts_full_syncs_too(tmp_path, fake_api):
@@ -150,14 +196,14 @@ def test_incremental_success_counts_full_syncs_too(tmp_path, fake_api):
 
 
 def test_lock_held_is_a_failure_without_a_run(tmp_path, fake_api):
-    """A sync that finds its scope locked writes exit code 3 and run id 0, and still the last
+    """A sync that finds the database locked writes exit code 3 and run id 0, and still the last
     success time from the database."""
     api = fake_api(50)
     url, path = f"sqlite:///{tmp_path / 'q.db'}", tmp_path / "qfsync.prom"
     first = qfsync.sync(url, metrics_file=path, **credentials(api))
     engine = db.connect(url)
     try:
-        with sync_lock(engine, ALL), pytest.raises(SyncLocked):
+        with sync_lock(engine), pytest.raises(SyncLocked):
             qfsync.sync(url, metrics_file=path, **credentials(api))
     finally:
         engine.dispose()
@@ -168,6 +214,27 @@ def test_lock_held_is_a_failure_without_a_run(tmp_path, fake_api):
     assert value(found, "qfsync_last_success_timestamp_seconds") == pytest.approx(
         finished_at(url, first.run_id), abs=1e-3
     )
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"max_delete": "most"}, {"page_size": 0}, {"access_key": ""}],
+    ids=["max-delete", "page-size", "no-credentials"],
+)
+def test_bad_settings_are_a_failure_in_the_file(tmp_path, fake_api, setting):
+    """A setting that is wrong (a cron line's environment changed) is exit code 2 in the file,
+    whichever check finds it, with the last success time kept: the alert on failures must not
+    depend on where the setting is checked."""
+    api = fake_api(20)
+    url, path = f"sqlite:///{tmp_path / 'q.db'}", tmp_path / "qfsync.prom"
+    qfsync.sync(url, metrics_file=path, **credentials(api))
+    before = value(read(path), "qfsync_last_success_timestamp_seconds")
+    with pytest.raises(ConfigError):
+        qfsync.sync(url, metrics_file=path, **{**credentials(api), **setting})
+    found = read(path)
+    assert value(found, "qfsync_last_run_exit_code") == 2
+    assert value(found, "qfsync_last_run_success") == 0
+    assert value(found, "qfsync_last_success_timestamp_seconds") == before
 
 
 def test_unreachable_database_keeps_the_success_time_of_the_file(tmp_path, fake_api, caplog):
@@ -230,10 +297,14 @@ def test_push_failure_is_a_warning(tmp_path, fake_api, caplog):
     [
         (["--metrics-file", "/nonexistent/dir/q.prom"], "--metrics-file: no directory"),
         (["--pushgateway", "pushgateway:9091"], "--pushgateway: not an http(s) URL"),
+        (["--metrics-file", "qfsync.txt"], "--metrics-file: the node exporter reads only *.prom"),
     ],
 )
-def test_bad_metrics_destination_is_a_usage_error(tmp_path, fake_api, api_env, args, message):
+def test_bad_metrics_destination_is_a_usage_error(
+    tmp_path, fake_api, api_env, monkeypatch, args, message
+):
     """A metrics destination that cannot work is exit 2 and one line, before any request."""
+    monkeypatch.chdir(tmp_path)  # a relative file, if written after all, lands here
     api = fake_api(20)
     api_env(api)
     done = CliRunner().invoke(
@@ -245,9 +316,26 @@ def test_bad_metrics_destination_is_a_usage_error(tmp_path, fake_api, api_env, a
 
 
 def test_alert_rules_use_the_metrics_qfsync_writes(tmp_path, fake_api):
-    """Every qfsync metric the shipped alert rules name is one that a sync writes."""
+    """Every qfsync metric the shipped alert rules name is one that a sync writes, with the
+    labels they match on."""
     api = fake_api(20)
     path = tmp_path / "qfsync.prom"
     qfsync.sync(f"sqlite:///{tmp_path / 'q.db'}", metrics_file=path, **credentials(api))
     named = set(re.findall(r"\bqfsync_[a-z_]+", ALERTS.read_text()))
-    assert named and named <= set(read(path))
+    found = read(path)
+    assert named and named <= set(found)
+    # and every label matcher they use, such as {state="listed"}, matches a sample written
+    matchers = re.findall(r'\b(qfsync_[a-z_]+)\{(\w+)="([^"]*)"\}', ALERTS.read_text())
+    assert matchers
+    for name, label, wanted in matchers:
+        assert any(dict(key).get(label) == wanted for key in found[name]["samples"]), name
+
+
+def test_pushgateway_url_from_the_environment(tmp_path, fake_api, api_env, monkeypatch):
+    """QFSYNC_PUSHGATEWAY gives --pushgateway, so that a URL with a password can come from a
+    secret rather than the command line."""
+    api = fake_api(20)
+    api_env(api)
+    monkeypatch.setenv("QFSYNC_PUSHGATEWAY", "pushgateway:9091")
+    done = CliRunner().invoke(main, ["sync", "--database-url", f"sqlite:///{tmp_path / 'q.db'}"])
+    assert done.exit_code == 2 and "--pushgateway: not an http(s) URL" in done.stderr

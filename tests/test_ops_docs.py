@@ -100,3 +100,12 @@ def test_documented_command_lines_parse(args):
     """Each documented command line's options exist (parsed, not run: --help)."""
     done = CliRunner().invoke(main, [*args, "--help"])
     assert done.exit_code == 0, done.output
+
+
+@pytest.mark.parametrize("doc", [OPERATING, README], ids=["operating.md", "README.md"])
+def test_cronjob_runs_the_qfsync_command(doc):
+    """Each CronJob's container names qfsync as its command: `args` alone only replace the
+    image's CMD, so on a plain Python image they would run `sync` as a program."""
+    container = doc.split("kind: CronJob")[1].split("```")[0]
+    assert re.search(r'^\s+command: \["qfsync"\]', container, re.MULTILINE)
+    assert container.index("command:") < container.index("args:")

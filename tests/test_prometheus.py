@@ -3,10 +3,12 @@
 exporter serves the textfile directory over HTTP; a Pushgateway receives a success and a
 failure. The servers are started on free loopback ports and stopped after each test."""
 
+import base64
 import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +19,7 @@ from conftest import unavailable
 from prometheus_client.parser import text_string_to_metric_families
 
 import qfsync
-from qfsync.errors import RetriesExhausted
+from qfsync.errors import DatabaseError, RetriesExhausted
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Faults
 from qfsync.store import Scope
 
@@ -50,8 +52,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def get(url: str, headers: dict[str, str] | None = None) -> str:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
         return response.read().decode()
 
 
@@ -68,6 +71,8 @@ def serving(command: list[str], port: int) -> Iterator[str]:
             try:
                 get(f"{base}/metrics")
                 break
+            except urllib.error.HTTPError:  # it answers, if only to refuse
+                break
             except OSError:
                 if time.monotonic() > deadline:
                     pytest.fail(f"{command[0]} did not answer on port {port} within 30s")
@@ -83,11 +88,11 @@ def serving(command: list[str], port: int) -> Iterator[str]:
         process.stderr.close()
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+def scrape(url: str, headers: dict[str, str] | None = None) -> dict[tuple[str, frozenset], float]:
     """Every sample of a /metrics page, by name and labels."""
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(get(url))
+        for family in text_string_to_metric_families(get(url, headers))
         for sample in family.samples
     }
 
@@ -177,13 +182,26 @@ def test_node_exporter_serves_the_textfile(tmp_path, fake_api):
         assert seen[("qfsync_last_run_success", at("incremental"))] == 1
 
 
+def pushgateway(port: int, *options: str) -> list[str]:
+    """A Pushgateway that keeps what it receives in memory only: Debian's build persists to
+    /var/lib/prometheus/pushgateway.data by default, which would carry groups from one test
+    run (or one concurrent run) into the next."""
+    return [
+        program("pushgateway"),
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--persistence.file=",
+        *options,
+    ]
+
+
 def test_pushgateway_receives_a_success_and_a_failure(tmp_path, fake_api):
     """Pushes are grouped by scope and mode: a failure replaces its group's status but keeps
-    the last success time, and other scopes' and modes' groups are left as they were."""
+    the last success time (also when the database is down and the push cannot send it), and
+    other scopes' and modes' groups are left as they were."""
     api = fake_api(260)
     url = f"sqlite:///{tmp_path / 'q.db'}"
     port = free_port()
-    command = [program("pushgateway"), f"--web.listen-address=127.0.0.1:{port}"]
+    command = pushgateway(port)
 
     def group(scope: str, mode: str, **labels: str) -> frozenset:
         return frozenset(
@@ -191,6 +209,7 @@ def test_pushgateway_receives_a_success_and_a_failure(tmp_path, fake_api):
         )
 
     with serving(command, port) as base:
+        assert not [name for name, _ in scrape(f"{base}/metrics") if name.startswith("qfsync_")]
         first = qfsync.sync(url, pushgateway=base, **credentials(api))
         sft = qfsync.sync(url, pushgateway=base, train_mode="SFT", **credentials(api))
         seen = scrape(f"{base}/metrics")
@@ -210,7 +229,39 @@ def test_pushgateway_receives_a_success_and_a_failure(tmp_path, fake_api):
         assert seen[("qfsync_last_run_success", group(ALL, "incremental"))] == 0
         # an incremental sync counts the full sync's success as its own freshness
         assert seen[("qfsync_last_success_timestamp_seconds", group(ALL, "incremental"))] == success
+
+        # With the database down the last success cannot be read: the push leaves it out, and
+        # the Pushgateway keeps the value it had, as it keeps the job counts.
+        with pytest.raises(DatabaseError):
+            qfsync.sync("postgresql://nobody@127.0.0.1:1/x", pushgateway=base, **credentials(api))
+        seen = scrape(f"{base}/metrics")
+        assert seen[("qfsync_last_run_id", group(ALL, "full"))] == 0
+        assert seen[("qfsync_last_success_timestamp_seconds", group(ALL, "full"))] == success
+        assert seen[("qfsync_stored_jobs", group(ALL, "full", state="listed"))] == 260
         # the Pushgateway accepted every push
         failures = [v for (name, _), v in seen.items() if name == "push_failure_time_seconds"]
         assert len(failures) == 3 and set(failures) == {0}
     assert first.status == "succeeded"
+
+
+# A bcrypt hash of PUSH_PASSWORD, for the Pushgateway's --web.config.file.
+PUSH_USER, PUSH_PASSWORD = "qfsync", "push-pw-Xk3"
+PUSH_HASH = "$2b$04$NvaVRsYcVnm1D/5ceUhf3uQbJijOYq0vnBvUrvAVmXJ7TWP0t2tA."
+
+
+def test_pushgateway_with_basic_auth_from_the_url(tmp_path, fake_api, caplog):
+    """A Pushgateway that asks for basic auth gets the user and password of the URL, which
+    no log line shows."""
+    web_config = tmp_path / "web.yml"
+    web_config.write_text(f"basic_auth_users:\n  {PUSH_USER}: {PUSH_HASH}\n")
+    api = fake_api(40)
+    port = free_port()
+    command = pushgateway(port, f"--web.config.file={web_config}")
+    with serving(command, port) as base:
+        url = base.replace("://", f"://{PUSH_USER}:{PUSH_PASSWORD}@")
+        result = qfsync.sync(f"sqlite:///{tmp_path / 'q.db'}", pushgateway=url, **credentials(api))
+        token = base64.b64encode(f"{PUSH_USER}:{PUSH_PASSWORD}".encode()).decode()
+        seen = scrape(f"{base}/metrics", {"Authorization": f"Basic {token}"})
+    labels = {"job": "qfsync", "instance": "", "scope": ALL, "mode": "full"}
+    assert seen[("qfsync_last_run_id", frozenset(labels.items()))] == result.run_id
+    assert PUSH_PASSWORD not in caplog.text
