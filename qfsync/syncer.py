@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 PREFETCH_PAGES = 2
 
 
+def reason(failure: BaseException) -> str:
+    """What `sync_runs.error` says of a failure: a qfsync error's own line, else its type too."""
+    if isinstance(failure, QfsyncError):
+        return str(failure)
+    return one_line(f"{type(failure).__name__}: {failure}".rstrip(": "))
+
+
 class StopFlag:
     """Set from a signal handler; the sync stops at the next page boundary."""
 
@@ -277,7 +284,7 @@ class Sync:
         except BaseException as exc:
             failure = self._explain(exc)
             try:
-                runs.fail(self.engine, run_id, str(failure))
+                runs.fail(self.engine, run_id, reason(failure))
             except SQLAlchemyError as db_exc:
                 raise DatabaseError(
                     f"{failure}; the run could not be marked failed either "
@@ -299,12 +306,14 @@ class Sync:
 
     def _explain(self, exc: BaseException) -> BaseException:
         """The error to record and raise: the interruption if one was asked for, a database
-        error without the driver's noise, or the error itself."""
+        error without the driver's noise, or the error itself. Only an unexpected Exception is
+        a qfsync bug ("internal error"); what lies outside Exception (KeyboardInterrupt, a
+        host's AirflowTaskTerminated) belongs to the caller and reaches it as itself."""
         if self.stop.reason is not None:
             return self.stop.reason
         if isinstance(exc, SQLAlchemyError):
             return self._database_error(exc)
-        if isinstance(exc, QfsyncError | KeyboardInterrupt):
+        if isinstance(exc, QfsyncError) or not isinstance(exc, Exception):
             return exc
         return QfsyncError(f"internal error: {type(exc).__name__}: {exc}")
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import text
 
 import qfsync
 from qfsync import db
@@ -92,6 +93,31 @@ def test_failures_raise_the_exceptions_the_cli_translates(tmp_path, fake_api, mo
     assert locked.value.exit_code == 3
     with pytest.raises(ConfigError, match="page_size"):
         qfsync.sync(url, page_size=101, **credentials(api))
+
+
+class HostTerminated(BaseException):
+    """What a host raises to end a task, as Airflow's AirflowTaskTerminated does."""
+
+
+def test_a_host_termination_passes_through_and_fails_the_run(tmp_path, fake_api):
+    """An exception outside Exception, raised by the host from a callback, reaches the host as
+    itself (not as a qfsync "internal error"), and the run is recorded failed with its name."""
+    api = fake_api(300)
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+
+    def terminate(result):
+        raise HostTerminated("the scheduler ended the task")
+
+    with pytest.raises(HostTerminated):
+        qfsync.sync(url, page_size=50, progress=terminate, **credentials(api))
+    engine = db.connect(url)
+    try:
+        with engine.connect() as connection:
+            status, error = connection.execute(text("SELECT status, error FROM sync_runs")).one()
+    finally:
+        engine.dispose()
+    assert status == "failed"
+    assert "HostTerminated" in error and "internal error" not in error
 
 
 def test_library_use_leaves_signals_and_logging_alone(tmp_path, fake_api, monkeypatch):
