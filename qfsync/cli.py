@@ -101,6 +101,8 @@ class Group(click.Group):
             fail(f"usage error: {exc.format_message()}{hint}", exc.exit_code, exc)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except KeyboardInterrupt as exc:  # Ctrl-C outside a sync (which has its own handler)
+            fail("error: interrupted by SIGINT", EXIT_SIGINT, exc)
         except Exception as exc:  # a bug: say so briefly, with the way to see more
             if json_logs():
                 log.debug("internal error", exc_info=True)

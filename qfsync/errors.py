@@ -123,7 +123,7 @@ class SchemaOutdated(QfsyncError):
 
 
 class SyncLocked(QfsyncError):
-    """Another sync of the same scope holds the lock."""
+    """Another sync of the same database holds the lock."""
 
     exit_code = EXIT_LOCKED
 

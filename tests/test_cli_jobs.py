@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from qfsync.cli import main
-from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi
+from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi, Faults
 
 FakeFactory = Callable[..., FakeApi]
 ApiEnv = Callable[[FakeApi], None]
@@ -208,6 +209,34 @@ def test_jobs_into_a_closed_pipe_ends_quietly(fake_api: FakeFactory, tmp_path: P
     assert listing.returncode == 141
     assert stderr == b""
     assert api.request_count < 50  # it stopped, rather than walking all 50 pages
+
+
+@pytest.mark.slow
+def test_jobs_interrupted_by_sigint_says_so_in_one_line(
+    fake_api: FakeFactory, tmp_path: Path
+) -> None:
+    """Ctrl-C during `qfsync jobs` ends it with 130 and one line, as it does a sync (not click's
+    "Aborted!" with status 1)."""
+    api = fake_api(5000, faults=Faults(latency_s=0.2))
+    env = {
+        **os.environ,
+        "QIANFAN_ACCESS_KEY": DEMO_ACCESS_KEY,
+        "QIANFAN_SECRET_KEY": DEMO_SECRET_KEY,
+        "QIANFAN_CONSOLE_API_BASE_URL": api.url,
+    }
+    with subprocess.Popen(
+        [qfsync_command(), "jobs"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as listing:
+        assert listing.stdout is not None
+        listing.stdout.readline()  # the walk is under way
+        listing.send_signal(signal.SIGINT)
+        _, stderr = listing.communicate(timeout=60)
+    assert listing.returncode == 130
+    assert stderr.decode().splitlines() == ["qfsync: error: interrupted by SIGINT"]
 
 
 # --- help -------------------------------------------------------------------------------------
