@@ -71,8 +71,17 @@ def test_a_replaced_listing_trips_the_guard(engine, fake_api, run_sync):
     """Another account's jobs (a different seed) in place of ours: the walk stores the new jobs
     but marks none of ours deleted."""
     run_sync(engine, fake_api(300))
-    with pytest.raises(DeletionRefused, match="would mark 300 of the 500 listed"):
+    with pytest.raises(DeletionRefused, match="would mark 300 of the 300 listed"):
         run_sync(engine, fake_api(200, seed=DEFAULT_SEED + 1))
+    assert deleted_count(engine) == 0
+
+
+def test_a_replaced_listing_of_the_same_size_trips_the_guard(engine, fake_api, run_sync):
+    """Another account with as many jobs as ours: the share is of the jobs listed before the
+    walk, so the jobs it just stored do not dilute it into "half" and let all of ours go."""
+    run_sync(engine, fake_api(300))
+    with pytest.raises(DeletionRefused, match="would mark 300 of the 300 listed"):
+        run_sync(engine, fake_api(300, seed=DEFAULT_SEED + 1))
     assert deleted_count(engine) == 0
 
 
