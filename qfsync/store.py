@@ -101,7 +101,11 @@ def mark_deleted(
     )
     if not gone:
         return 0
-    listed = connection.scalar(select(func.count()).where(scope.jobs_clause()))
+    # The share is of the jobs listed before this walk: counting the ones it just stored would
+    # let another account with as many jobs as ours pass as "half" and delete all of ours.
+    listed = connection.scalar(
+        select(func.count()).where(scope.jobs_clause(), jc.first_seen_at < walk_started_at)
+    )
     refusal = limit.refusal(len(gone), listed or 0, scope.key)
     if refusal is not None:
         raise DeletionRefused(refusal)
