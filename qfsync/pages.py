@@ -90,13 +90,19 @@ def decode(raw: bytes, max_depth: int) -> Any:
 
 def _decode_slowly(raw: bytes, max_depth: int) -> Any:
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=not_json)
     except RecursionError:
         raise MalformedResponse(
             f"the body is nested deeper than the limit of {max_depth} levels", excerpt(raw)
         ) from None
     except ValueError:  # also UnicodeDecodeError: JSON must be UTF-8 (or -16/-32)
         raise MalformedResponse("the body is not JSON", excerpt(raw)) from None
+
+
+def not_json(constant: str) -> Any:
+    """Python's decoder takes NaN, Infinity and -Infinity, which JSON does not have and which
+    PostgreSQL's and MariaDB's JSON columns refuse at the page's commit: refuse them here."""
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def nesting_exceeds(value: Any, limit: int) -> bool:
