@@ -38,6 +38,7 @@ def other_spellings(url: str, tmp_path: Path) -> list[tuple[str, Path | None]]:
             (f"sqlite:///{path.name}", path.parent),  # relative to the working directory
             (f"sqlite:///{path.parent}/../{path.parent.name}/{path.name}", None),
             (f"sqlite:///{link}", None),
+            (f"sqlite:///file:{path}?uri=true", None),  # SQLite's URI form
         ]
     host = "localhost" if parsed.host == "127.0.0.1" else "127.0.0.1"
     spellings = [

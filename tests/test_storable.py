@@ -74,6 +74,10 @@ def sync_cli(*args: str):
         (["--database-url", "sqlite://"], "in-memory SQLite database keeps nothing"),
         (["--database-url", "sqlite:///:memory:"], "in-memory SQLite database keeps nothing"),
         (
+            ["--database-url", "sqlite:///file:x?mode=memory&uri=true"],
+            "in-memory SQLite database keeps nothing",
+        ),
+        (
             ["--database-url", f"postgresql+psycopg2://qf:{SECRET}@127.0.0.1/x"],
             "the driver for postgresql+psycopg2 is not installed",
         ),
