@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
@@ -46,13 +47,24 @@ def parse_url(raw: str) -> URL:
             f"not a database URL: {mask_text(raw)!r} (an @ in the password must be written %40)"
         )
     url = url.set(drivername=DRIVERS.get(url.drivername, url.drivername))
-    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+    if url.get_backend_name() == "sqlite" and sqlite_file(url) is None:
         raise ConfigError(
             "an in-memory SQLite database keeps nothing after the command: use sqlite:///FILE"
         )
     if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
         url = url.update_query_dict({"charset": "utf8mb4"})
     return url
+
+
+def sqlite_file(url: URL) -> str | None:
+    """The file a SQLite URL opens, as given (relative or not), or None for an in-memory
+    database: the path itself, or the path of SQLite's URI form (`file:PATH?uri=true`)."""
+    database = url.database or ""
+    if url.query.get("uri") in ("true", "1") and database.startswith("file:"):
+        if url.query.get("mode") == "memory":
+            return None
+        database = unquote(urlsplit(database).path)
+    return None if database in ("", ":memory:") else database
 
 
 def mask(url: URL) -> str:

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from .db import sqlite_file
+
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
@@ -36,8 +38,8 @@ POLL_S = 0.2
 
 def sqlite_lock_path(engine: Engine) -> str:
     """The lock file of a SQLite database: beside the file its path resolves to."""
-    database = engine.url.database
-    assert database and database != ":memory:", "db.connect refuses in-memory databases"
+    database = sqlite_file(engine.url)
+    assert database is not None, "db.connect refuses in-memory databases"
     return os.path.realpath(database) + ".qfsync-lock"
 
 
