@@ -9,6 +9,7 @@ from test_faults import runs_of
 from qfsync import runs
 from qfsync.cli import main
 from qfsync.errors import Unstorable
+from qfsync.guard import DeleteLimit
 from qfsync.schema import finetuning_jobs
 from qfsync.store import Counts, Scope
 
@@ -60,6 +61,20 @@ def test_any_marker_fits(engine):
     with engine.connect() as connection:
         resume = runs.resume_point(connection, Scope())
     assert resume is not None and resume.marker == marker
+
+
+def test_a_long_marker_is_cut_short_in_the_notes(engine, fake_api, run_sync):
+    """A resume at a 100 KB marker the API then rejects: both notes name the marker in one
+    short line, not a hundred kilobytes of it on stderr and in the logs."""
+    marker = "\x1b[2J" + "m" * 100_000
+    with engine.begin() as connection:
+        run_id, _ = runs.start(connection, Scope(), "full", 100, None)
+        runs.record_page(connection, run_id, 0, Counts(), marker)
+    runs.fail(engine, run_id, "stopped")
+    result = run_sync(engine, fake_api(10), max_delete=DeleteLimit(percent=100))
+    assert result.status == "succeeded" and len(result.notes) == 2
+    for note in result.notes:
+        assert "marker \\x1b[2Jmmm" in note and len(note) < 400, note[:100]
 
 
 def sync_cli(*args: str):
