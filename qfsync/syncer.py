@@ -26,7 +26,7 @@ from .db import describe, ensure_schema, mask
 from .errors import ApiError, DatabaseError, Interrupted, QfsyncError, SyncLocked, one_line
 from .guard import DEFAULT, DeleteLimit
 from .lock import sync_lock
-from .pages import Job, Page
+from .pages import Job, Page, excerpt
 from .store import Counts, Scope
 from .task_store import TaskCounts
 from .task_sync import Listings, TaskSync
@@ -269,7 +269,10 @@ class Sync:
         )
         logs.run_id.set(run_id)
         if resume:
-            self.note(f"resuming the walk of run {resume.run_id} at marker {resume.marker}")
+            # excerpt: a marker is the server's text, of any length.
+            self.note(
+                f"resuming the walk of run {resume.run_id} at marker {excerpt(resume.marker)}"
+            )
         requests_before = self.client.requests_made
         try:
             if self.incremental:
@@ -384,7 +387,7 @@ class Sync:
             if marker is None or exc.code != "InvalidRequestArgumentError":
                 raise
         self.note(
-            f"the API rejected the saved marker {marker} (its job was probably deleted); "
+            f"the API rejected the saved marker {excerpt(marker)} (its job was probably deleted); "
             "walking from the start"
         )
         with self.engine.begin() as connection:
