@@ -238,6 +238,26 @@ def test_malformed_database_url_is_a_usage_error(url, fake_api, api_env):
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://qfsync:hunter2-secret@127.0.0.1:1/db?nosuchoption=1",
+        "mysql://qfsync:hunter2-secret@127.0.0.1:1/db?charset=nosuchcharset",
+        "sqlite:///{tmp}/x.db?nosuchoption=1",
+    ],
+)
+def test_url_options_the_driver_refuses_are_a_usage_error(url, fake_api, api_env, tmp_path):
+    """Query options the driver does not take (PyMySQL raises TypeError or AttributeError,
+    SQLAlchemy warns about SQLite's): exit 2, one line, no password, nothing written."""
+    api_env(fake_api(10))
+    result = CliRunner().invoke(main, ["sync", "--database-url", url.format(tmp=tmp_path)])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert "internal error" not in line and "hunter2-secret" not in line, line
+    assert line.startswith("qfsync: error: the driver refuses the options of "), line
+    assert not (tmp_path / "x.db").exists()
+
+
 def test_database_failure_mid_run_keeps_earlier_pages(engine, fake_api, run_sync):
     """The database failing mid-run fails the run with the reason; committed pages stay."""
     api = fake_api(1000)
