@@ -1,6 +1,7 @@
 """Database URLs, engines and migrations: everything qfsync needs before it writes a row."""
 
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -9,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SAWarning, SQLAlchemyError
 
 from . import DEFAULT_DATABASE_URL
 from .errors import ConfigError, DatabaseError, SchemaOutdated
@@ -99,14 +100,17 @@ def connect(raw_url: str) -> Engine:
     """An engine for the URL, checked with one round trip, so a bad URL fails before the run."""
     url = parse_url(raw_url)
     try:
-        if url.get_backend_name() == "sqlite":
-            # Another sync or a BI tool may hold the file briefly: wait instead of failing.
-            engine = create_engine(url, connect_args={"timeout": 60})
-            event.listen(engine, "connect", _sqlite_pragmas)
-        else:
-            engine = create_engine(url, pool_pre_ping=True)
-            if url.get_backend_name() == "postgresql":
-                event.listen(engine, "connect", _postgresql_settings)
+        with warnings.catch_warnings():
+            # SQLAlchemy only warns of SQLite options it ignores: a typo deserves a refusal.
+            warnings.simplefilter("error", SAWarning)
+            if url.get_backend_name() == "sqlite":
+                # Another sync or a BI tool may hold the file briefly: wait instead of failing.
+                engine = create_engine(url, connect_args={"timeout": 60})
+                event.listen(engine, "connect", _sqlite_pragmas)
+            else:
+                engine = create_engine(url, pool_pre_ping=True)
+                if url.get_backend_name() == "postgresql":
+                    event.listen(engine, "connect", _postgresql_settings)
         with engine.connect():
             pass
     except NoSuchModuleError:
@@ -120,6 +124,13 @@ def connect(raw_url: str) -> Engine:
         ) from None
     except (SQLAlchemyError, OSError, ValueError) as exc:
         raise DatabaseError(f"cannot connect to {mask(url)}: {describe(exc, url)}") from None
+    except (SAWarning, TypeError, AttributeError, LookupError) as exc:
+        # What PyMySQL raises for an option it does not know (TypeError) or a charset it does
+        # not have (AttributeError), before it opens a connection.
+        raise ConfigError(
+            f"the driver refuses the options of {mask(url)}: "
+            f"{type(exc).__name__}: {describe(exc, url)}"
+        ) from None
     return engine
 
 
