@@ -441,3 +441,17 @@ def test_abandoned_run_finished_when_it_last_made_progress(engine, fake_api):
         row = connection.execute(select(sync_runs).where(sync_runs.c.id == run_id)).one()
     assert row.status == "failed" and "abandoned" in row.error
     assert row.finished_at == last_progress
+
+
+def test_the_table_escapes_what_the_server_chose(engine, database_url, fake_api):
+    """A model name with an ANSI escape and a newline (the server's text) is shown escaped in
+    the table, as on a terminal: it can neither drive the terminal nor break the table's rows.
+    (click keeps the escape when it writes to a terminal, hence color=True.)"""
+    api = fake_api(5)
+    job_id = api.job_list()[0]["jobId"]
+    api._change([job_id], lambda job: {**job, "model": "evil\x1b[2J\nrow"})
+    sync(engine, api)
+    result = CliRunner().invoke(main, ["report", "--database-url", database_url], color=True)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output
+    assert "evil\\x1b[2J\\nrow" in result.output
