@@ -435,7 +435,8 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, datetime):
             return value.strftime("%Y-%m-%d %H:%M:%S")
-        text = "" if value is None else str(value)
+        # Names and errors are the server's text: escaped, they cannot drive a terminal.
+        text = "" if value is None else one_line(str(value))
         return text if len(text) <= 60 else text[:59] + "…"
 
     cells = [[cell(row.get(column)) for column in columns] for row in rows]
