@@ -344,6 +344,8 @@ def test_access_denied_names_the_policies(engine, database_url, fake_api, api_en
     [["--page-size", "0"], ["--page-size", "101"], ["--wait", "-1"], ["--max-attempts", "x"]],
 )
 def test_bad_option_values_are_usage_errors(database_url, args):
-    """A wrong option value exits 2 before anything runs."""
+    """A wrong option value exits 2 with one line, before anything runs."""
     result = CliRunner().invoke(main, ["sync", "--database-url", database_url, *args])
     assert result.exit_code == 2 and "Traceback" not in result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("qfsync: error: ") and args[0] in line

@@ -229,14 +229,28 @@ def test_max_age_without_a_successful_sync_exits_4(engine, database_url):
 
 @pytest.mark.parametrize(
     "value",
-    ["", "1", "1w", "-3h", "0s", "1.5h", "h", "1h30m", "99999999999999d", "hourly=1h", "full="],
+    [
+        "",
+        "1",
+        "1w",
+        "-3h",
+        "0s",
+        "1.5h",
+        "h",
+        "1h30m",
+        "99999999999999d",
+        "hourly=1h",
+        "full=",
+        "=1h",
+    ],
 )
 def test_bad_max_age_is_a_usage_error(value, tmp_path):
-    """A --max-age that is not a positive number with one of s, m, h, d exits 2, before any
-    database is touched."""
+    """A --max-age that is not a positive number with one of s, m, h, d exits 2 with one
+    line, before any database is touched."""
     result = report(f"sqlite:///{tmp_path / 'none.db'}", "--max-age", value)
     assert result.exit_code == 2
-    assert "--max-age" in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("qfsync: error: ") and "--max-age" in line
     assert not (tmp_path / "none.db").exists()
 
 
