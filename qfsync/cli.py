@@ -93,10 +93,8 @@ class Group(click.Group):
             log.debug("failure detail", exc_info=True)
             fail(f"error: {exc}", exc.exit_code, exc)
         except click.UsageError as exc:
-            if not json_logs():
-                raise
-            # click's usage block is several plain lines; a log store wants one object. (A
-            # top-level option click rejects comes before --log-format is known: plain text.)
+            # click's usage block is several lines; one says the same, in text as in a JSON log.
+            # (A top-level option click rejects comes before this group runs: click's block.)
             hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
             fail(f"usage error: {exc.format_message()}{hint}", exc.exit_code, exc)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):

@@ -100,8 +100,8 @@ def parse_duration(text: str) -> timedelta:
 
 def parse_max_age(text: str) -> tuple[str | None, timedelta]:
     """`26h` (the newest success of any mode) or `full=26h` (of that mode, any scope)."""
-    mode, _, duration = text.rpartition("=")
-    if mode and mode not in MODES:
+    mode, equals, duration = text.rpartition("=")
+    if equals and mode not in MODES:
         raise ValueError(f"{text!r}: the mode before = must be one of {', '.join(MODES)}")
     return mode or None, parse_duration(duration)
 
