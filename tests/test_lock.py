@@ -326,3 +326,57 @@ def test_releasing_a_lock_on_a_dead_session_raises_nothing(engine):
         kill_lock_session(engine)
     with sync_lock(engine) as again:
         assert again
+
+
+def waiting_on_a_lock(engine) -> bool:
+    """Whether another session waits on a lock on this server (the sync's page write)."""
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND pid <> pg_backend_pid() AND datname = current_database()"
+            )
+        else:
+            query = (
+                "SELECT count(*) FROM information_schema.processlist"
+                " WHERE state LIKE 'Waiting for table%' AND db = DATABASE()"
+            )
+        return bool(connection.scalar(text(query)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["postgresql", "mysql"], indirect=True)
+def test_a_signal_ends_a_page_write_stuck_on_a_database_lock(engine, database_url, fake_api):
+    """A page write waits on a table another session keeps locked (a BI tool, an operator):
+    SIGTERM still ends the sync with 143, while that lock is held, and the run is recorded
+    as interrupted; the statement is cancelled, not left waiting on the server."""
+    api = fake_api(50)
+    process = start_cli(database_url, api, "sync")
+    process.communicate(timeout=60)  # creates the tables
+    with engine.connect() as blocker:
+        if engine.dialect.name == "postgresql":
+            blocker.execute(text("LOCK TABLE finetuning_jobs IN ACCESS EXCLUSIVE MODE"))
+        else:
+            blocker.execute(text("LOCK TABLES finetuning_jobs WRITE"))
+        process = start_cli(database_url, api, "sync")
+        try:
+            for _ in range(600):
+                if waiting_on_a_lock(engine):
+                    break
+                threading.Event().wait(0.1)
+            else:
+                raise AssertionError("the sync never waited on the lock")
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=60)  # the lock is held for the whole wait
+            if engine.dialect.name == "postgresql":  # MariaDB notices a closed client later
+                assert not waiting_on_a_lock(engine)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+            if engine.dialect.name == "mysql":
+                blocker.execute(text("UNLOCK TABLES"))
+            blocker.rollback()
+    assert process.returncode == 143, err
+    assert err.splitlines()[-1] == "qfsync: error: interrupted by SIGTERM"
+    assert runs_of(engine)[-1]["error"] == "interrupted by SIGTERM"
