@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from .errors import (
     EXIT_SIGINT,
     EXIT_SIGPIPE,
     EXIT_SIGTERM,
+    ForcedInterrupt,
     Interrupted,
     QfsyncError,
     SyncLocked,
@@ -295,16 +297,40 @@ def open_db(database_url: str) -> "Engine":
     return click.get_current_context().with_resource(db.connected(database_url))
 
 
-def install_signal_handlers(stop: "StopFlag") -> None:
+# How long a stop may wait for the next page boundary before it is forced: a page is written
+# in well under a second, so longer means a statement waits on a database lock.
+STOP_GRACE_S = 5.0
+
+
+def install_signal_handlers(stop: "StopFlag") -> Callable[[], None]:
+    """SIGINT/SIGTERM stop the sync at the next page boundary; a second signal, or the first
+    still unheeded after STOP_GRACE_S, stops it where it is. Returns the function that
+    disarms the grace timer once the sync has ended."""
+    timers: list[threading.Timer] = []
+
+    def force(signum: int) -> None:
+        if not stop.uninterruptible:
+            os.kill(os.getpid(), signum)  # the handler runs again, in the main thread
+
     def handle(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
-        reason = Interrupted(name, EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
+        code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
         if stop.reason is not None:
-            raise reason  # a second signal: stop now, the open transaction rolls back
-        stop.request(reason)
+            # Stop now: the open transaction rolls back, a waiting statement is cancelled.
+            raise ForcedInterrupt(name, code)
+        stop.request(Interrupted(name, code))
+        timer = threading.Timer(STOP_GRACE_S, force, (signum,))
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
+
+    def disarm() -> None:
+        for timer in timers:
+            timer.cancel()
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
+    return disarm
 
 
 def progress_printer() -> Callable[["SyncResult"], None]:
@@ -394,7 +420,7 @@ def sync(as_json: bool, no_migrate: bool, **options: Any) -> None:
     from .syncer import StopFlag
 
     stop = StopFlag()
-    install_signal_handlers(stop)
+    disarm = install_signal_handlers(stop)
     try:
         result = api.sync(
             **options,
@@ -404,6 +430,7 @@ def sync(as_json: bool, no_migrate: bool, **options: Any) -> None:
             notify=None if json_logs() else say,
         )
     finally:
+        disarm()
         if sys.stderr.isatty() and not json_logs():
             click.echo("", err=True)
     if as_json:

@@ -136,6 +136,12 @@ class Interrupted(QfsyncError):
         super().__init__(f"interrupted by {signal_name}")
 
 
+class ForcedInterrupt(Interrupted, KeyboardInterrupt):
+    """A stop that did not come at a page boundary within the grace period (a statement waiting
+    on a database lock), raised wherever the sync is. A KeyboardInterrupt too, because that is
+    what makes psycopg cancel the statement on the server rather than leave it waiting."""
+
+
 class StaleData(QfsyncError):
     """The last successful sync is older than the caller allows."""
 

@@ -49,6 +49,9 @@ class StopFlag:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.reason: Interrupted | None = None
+        # Set while the sync must finish what it is doing however long it takes: a migration
+        # (MariaDB cannot roll back DDL, so one cut short would leave a half-migrated schema).
+        self.uninterruptible = False
 
     def request(self, reason: Interrupted) -> None:
         self.reason = reason
@@ -219,7 +222,11 @@ class Sync:
                     raise SyncLocked(self._locked_message())
                 # Under the lock, so that two first syncs never migrate at once, and a sync
                 # never upgrades the schema under another one's feet.
-                upgraded = ensure_schema(self.engine, self.migrate)
+                self.stop.uninterruptible = True
+                try:
+                    upgraded = ensure_schema(self.engine, self.migrate)
+                finally:
+                    self.stop.uninterruptible = False
                 if upgraded:
                     self.note(upgraded)
                 if self.stop.reason is not None:
@@ -286,6 +293,7 @@ class Sync:
                 )
         except BaseException as exc:
             failure = self._explain(exc)
+            self.stop.uninterruptible = True  # a forced stop must not cut this short
             try:
                 runs.fail(self.engine, run_id, reason(failure))
             except SQLAlchemyError as db_exc:
@@ -301,6 +309,7 @@ class Sync:
             if self._pages is not None:
                 self._pages.close()
                 self._pages = None
+            self.stop.uninterruptible = True  # the outcome is recorded: nothing left to force
         result.status = runs.SUCCEEDED
         result.requests = self.client.requests_made - requests_before
         result.duration_s = round(time.monotonic() - clock, 3)
