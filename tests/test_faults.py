@@ -4,8 +4,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -349,3 +351,27 @@ def test_bad_option_values_are_usage_errors(database_url, args):
     assert result.exit_code == 2 and "Traceback" not in result.output
     [line] = result.stderr.splitlines()
     assert line.startswith("qfsync: error: ") and args[0] in line
+
+
+def test_a_silent_postgresql_server_is_a_timeout_not_a_hang(monkeypatch, fake_api, api_env):
+    """A server that accepts the connection and never answers (a host half-way through a
+    failover, a wrong port): `qfsync sync` fails with one line after the connect timeout
+    instead of holding the cron slot for ever."""
+    monkeypatch.setattr(db, "CONNECT_TIMEOUT_S", 1)
+    api_env(fake_api(10))
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"postgresql://qfsync@127.0.0.1:{silent.getsockname()[1]}/nowhere"
+        outcome: list = []
+        worker = threading.Thread(
+            target=lambda: outcome.append(
+                CliRunner().invoke(main, ["sync", "--database-url", url])
+            ),
+            daemon=True,
+        )
+        worker.start()
+        worker.join(timeout=60)
+    assert not worker.is_alive(), "the connection attempt hung"
+    [result] = outcome
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("qfsync: error: cannot connect to ") and "timeout" in line, line
