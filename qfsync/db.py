@@ -28,6 +28,10 @@ DRIVERS = {
 }
 
 
+# Seconds to wait for a PostgreSQL server to accept a session (unless the URL sets
+# connect_timeout), so that a silent server fails the sync rather than hangs it.
+CONNECT_TIMEOUT_S = 30
+
 # `scheme:[//]user:PASSWORD@`, up to the last @ of the word, so that a password with an
 # unencoded @ or /, or a URL with one slash, is hidden whole; and `password=` in a query.
 PASSWORD_IN_URL = re.compile(r"([a-z][\w+.-]*:/*[^:/@\s]*:)\S*@", re.IGNORECASE)
@@ -107,10 +111,15 @@ def connect(raw_url: str) -> Engine:
                 # Another sync or a BI tool may hold the file briefly: wait instead of failing.
                 engine = create_engine(url, connect_args={"timeout": 60})
                 event.listen(engine, "connect", _sqlite_pragmas)
+            elif url.get_backend_name() == "postgresql":
+                # psycopg waits for ever for a server that accepts and never answers.
+                timeout = (
+                    {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT_S}
+                )
+                engine = create_engine(url, pool_pre_ping=True, connect_args=timeout)
+                event.listen(engine, "connect", _postgresql_settings)
             else:
                 engine = create_engine(url, pool_pre_ping=True)
-                if url.get_backend_name() == "postgresql":
-                    event.listen(engine, "connect", _postgresql_settings)
         with engine.connect():
             pass
     except NoSuchModuleError:
