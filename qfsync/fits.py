@@ -32,6 +32,10 @@ def problem(value: str | None, column: Column, dialect: str) -> str | None:
         return f"is {len(value)} characters long; {column.table.name}.{column.name} holds {width}"
     if dialect == "postgresql" and "\x00" in value:
         return "contains a NUL character, which PostgreSQL cannot store in text"
+    if dialect in ("mysql", "mariadb") and column.primary_key and value.endswith(" "):
+        # MariaDB's collations pad: 'q ' is the same key as 'q', so one job would overwrite
+        # the other, or the page would fail on a duplicate key.
+        return "ends in a space, which MariaDB ignores when it compares keys"
     return None
 
 

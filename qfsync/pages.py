@@ -6,6 +6,7 @@ Every response is checked here before anything is written: a page either becomes
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -90,7 +91,7 @@ def decode(raw: bytes, max_depth: int) -> Any:
 
 def _decode_slowly(raw: bytes, max_depth: int) -> Any:
     try:
-        return json.loads(raw, parse_constant=not_json)
+        return json.loads(raw, parse_constant=not_json, parse_float=finite)
     except RecursionError:
         raise MalformedResponse(
             f"the body is nested deeper than the limit of {max_depth} levels", excerpt(raw)
@@ -103,6 +104,15 @@ def not_json(constant: str) -> Any:
     """Python's decoder takes NaN, Infinity and -Infinity, which JSON does not have and which
     PostgreSQL's and MariaDB's JSON columns refuse at the page's commit: refuse them here."""
     raise ValueError(f"{constant} is not a JSON value")
+
+
+def finite(text: str) -> float:
+    """A JSON number as a float, refused where it overflows to infinity (1e400), which no
+    JSON writer can write back."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is too large for a float")
+    return value
 
 
 def nesting_exceeds(value: Any, limit: int) -> bool:
