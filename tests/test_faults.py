@@ -343,7 +343,17 @@ def test_access_denied_names_the_policies(engine, database_url, fake_api, api_en
 
 @pytest.mark.parametrize(
     "args",
-    [["--page-size", "0"], ["--page-size", "101"], ["--wait", "-1"], ["--max-attempts", "x"]],
+    [
+        ["--page-size", "0"],
+        ["--page-size", "101"],
+        ["--wait", "-1"],
+        ["--max-attempts", "x"],
+        ["--wait", "nan"],
+        ["--timeout", "nan"],
+        ["--timeout", "inf"],
+        ["--timeout", "1e309"],
+        ["--max-retry-wait", "nan"],
+    ],
 )
 def test_bad_option_values_are_usage_errors(database_url, args):
     """A wrong option value exits 2 with one line, before anything runs."""
