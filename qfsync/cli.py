@@ -4,6 +4,7 @@ one line on stderr and a documented exit code, here and nowhere else."""
 import importlib.util
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -139,6 +140,20 @@ def main(ctx: click.Context, verbose: bool, log_format: str) -> None:
     logs.configure(log_format, verbose)
 
 
+class Seconds(click.FloatRange):
+    """A duration in seconds: at least `min`, at most a year, and a number (click's
+    FloatRange lets NaN through, which would make a wait endless or a timeout an error)."""
+
+    def __init__(self, min: float) -> None:
+        super().__init__(min, 365 * 86400)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command that talks to the API takes."""
     options = [
@@ -180,14 +195,14 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--max-retry-wait",
-            type=click.FloatRange(0),
+            type=Seconds(0),
             default=RetryPolicy.max_wait_s,
             show_default=True,
             help="Seconds of backoff allowed per request, in total.",
         ),
         click.option(
             "--timeout",
-            type=click.FloatRange(0.1),
+            type=Seconds(0.1),
             default=RetryPolicy.read_timeout_s,
             show_default=True,
             help="Read timeout per request, in seconds.",
@@ -361,7 +376,7 @@ def progress_printer() -> Callable[["SyncResult"], None]:
 @click.option(
     "--wait",
     "wait",
-    type=click.FloatRange(0),
+    type=Seconds(0),
     default=0.0,
     show_default=True,
     help="Seconds to wait for another sync of this database (of any scope) to finish.",
@@ -502,7 +517,7 @@ def db_group() -> None:
 @click.option(
     "--wait",
     "wait_s",
-    type=click.FloatRange(0),
+    type=Seconds(0),
     default=0.0,
     show_default=True,
     help="Seconds to wait for a running sync to finish.",
