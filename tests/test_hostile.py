@@ -533,9 +533,9 @@ def test_signal_stops_a_sync_stuck_on_the_api(
 def test_nan_or_infinity_in_a_job_is_malformed_not_a_database_error(
     hostile: Any, engine: Engine, constant: bytes
 ) -> None:
-    """Python's decoder takes NaN and Infinity, which JSON does not have, and makes infinity of
-    1e400; PostgreSQL's and MariaDB's JSON columns refuse both: such a page is malformed (retried, then the run fails
-    saying so), never a driver error at the page's commit."""
+    """Python's decoder takes NaN and Infinity, which JSON does not have, and makes infinity
+    of 1e400; PostgreSQL's and MariaDB's JSON columns refuse both: such a page is malformed
+    (retried, then the run fails saying so), never a driver error at the page's commit."""
     body = b'{"result": {"jobList": [{"jobId": "job-a", "score": %s}], ' % constant
     server = hostile(answer(200, body + b'"pageInfo": {"isTruncated": false}}}'))
     with Client(DEMO, server.url, QUICK) as client:
