@@ -360,7 +360,7 @@ def test_bad_option_values_are_usage_errors(database_url, args):
     result = CliRunner().invoke(main, ["sync", "--database-url", database_url, *args])
     assert result.exit_code == 2 and "Traceback" not in result.output
     [line] = result.stderr.splitlines()
-    assert line.startswith("qfsync: error: ") and args[0] in line
+    assert line.startswith("qfsync: usage error: ") and args[0] in line
 
 
 def test_a_silent_postgresql_server_is_a_timeout_not_a_hang(monkeypatch):

@@ -250,7 +250,7 @@ def test_bad_max_age_is_a_usage_error(value, tmp_path):
     result = report(f"sqlite:///{tmp_path / 'none.db'}", "--max-age", value)
     assert result.exit_code == 2
     [line] = result.stderr.splitlines()
-    assert line.startswith("qfsync: error: ") and "--max-age" in line
+    assert line.startswith("qfsync: usage error: ") and "--max-age" in line
     assert not (tmp_path / "none.db").exists()
 
 
