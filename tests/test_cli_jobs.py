@@ -182,24 +182,26 @@ def test_endpoint_with_user_info_is_refused_without_showing_it(
     assert api.request_count == 0
 
 
-@pytest.mark.slow
-def test_jobs_into_a_closed_pipe_ends_quietly(fake_api: FakeFactory, tmp_path: Path) -> None:
-    """`qfsync jobs | head -1`: when the reader closes the pipe after one line, qfsync stops
-    with the status of a tool killed by SIGPIPE (141) and nothing on stderr."""
-    api = fake_api(5000)  # megabytes of output: far more than a pipe's buffer holds
+def jobs_process(api: FakeApi, cwd: Path) -> subprocess.Popen[bytes]:
+    """`qfsync jobs` against the fake in a process of its own, its output and errors piped."""
     env = {
         **os.environ,
         "QIANFAN_ACCESS_KEY": DEMO_ACCESS_KEY,
         "QIANFAN_SECRET_KEY": DEMO_SECRET_KEY,
         "QIANFAN_CONSOLE_API_BASE_URL": api.url,
     }
-    with subprocess.Popen(
-        [qfsync_command(), "jobs"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    ) as listing:
+    command = [qfsync_command(), "jobs"]
+    return subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+@pytest.mark.slow
+def test_jobs_into_a_closed_pipe_ends_quietly(fake_api: FakeFactory, tmp_path: Path) -> None:
+    """`qfsync jobs | head -1`: when the reader closes the pipe after one line, qfsync stops
+    with the status of a tool killed by SIGPIPE (141) and nothing on stderr."""
+    api = fake_api(5000)  # megabytes of output: far more than a pipe's buffer holds
+    with jobs_process(api, tmp_path) as listing:
         assert listing.stdout is not None and listing.stderr is not None
         first = listing.stdout.readline()
         listing.stdout.close()
@@ -218,19 +220,7 @@ def test_jobs_interrupted_by_sigint_says_so_in_one_line(
     """Ctrl-C during `qfsync jobs` ends it with 130 and one line, as it does a sync (not click's
     "Aborted!" with status 1)."""
     api = fake_api(5000, faults=Faults(latency_s=0.2))
-    env = {
-        **os.environ,
-        "QIANFAN_ACCESS_KEY": DEMO_ACCESS_KEY,
-        "QIANFAN_SECRET_KEY": DEMO_SECRET_KEY,
-        "QIANFAN_CONSOLE_API_BASE_URL": api.url,
-    }
-    with subprocess.Popen(
-        [qfsync_command(), "jobs"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    ) as listing:
+    with jobs_process(api, tmp_path) as listing:
         assert listing.stdout is not None
         listing.stdout.readline()  # the walk is under way
         listing.send_signal(signal.SIGINT)
