@@ -98,6 +98,18 @@ SELECT inserted, updated, unchanged, (SELECT count(*) FROM progress),
   FROM counts
 """
 
+# Planning the page statement afresh cost the server about 0.3 ms of its 2-2.5 ms per page. A
+# generic plan, made once per connection, does not, but alone it is planned for the tables as
+# they were at the first page, empty on a first sync, and keeps scanning them whole as they grow
+# (a re-sync of 20k jobs took ten times as long). With sequential scans ruled out while it is
+# planned, every lookup in it is on a primary key whatever the table's size, so one plan serves
+# every page. Both settings last only for the page's transaction (db.py makes every other
+# statement plan afresh).
+PLAN_SETTINGS = (
+    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),"
+    " set_config('enable_seqscan', 'off', true)"
+)
+
 
 class PostgresqlWriter:
     def write(
@@ -124,6 +136,7 @@ class PostgresqlWriter:
         driver = connection.connection.driver_connection
         assert driver is not None
         with driver_errors(connection):
+            driver.execute(PLAN_SETTINGS, prepare=True)
             row = driver.execute(PAGE_SQL, params, prepare=True).fetchone()
         inserted, updated, unchanged, fenced, _ = row
         check_fenced(fenced, run_id)
