@@ -30,19 +30,27 @@ WITH page AS MATERIALIZED (
                   %(raw)b::text[], %(content_hash)b::text[])
            AS p(job_id, name, description, model, train_mode, created_at, raw, content_hash)
 ),
-upserted AS (
+inserted AS (
+    -- A plain INSERT, not an upsert: stored IS NULL means no row, and the sync's lock keeps
+    -- any other sync from adding one meanwhile; ON CONFLICT would probe the key first.
     INSERT INTO finetuning_jobs (job_id, name, description, model, train_mode, created_at,
                                  first_seen_at, last_seen_at, deleted_at, raw, content_hash,
                                  last_run_id)
     SELECT job_id, name, description, model, train_mode, created_at,
            %(now)s::timestamptz, %(now)s::timestamptz, NULL, raw::json, content_hash,
            %(run_id)s::integer
-      FROM page WHERE stored IS DISTINCT FROM content_hash
-    ON CONFLICT (job_id) DO UPDATE SET
-        name = excluded.name, description = excluded.description, model = excluded.model,
-        train_mode = excluded.train_mode, created_at = excluded.created_at, raw = excluded.raw,
-        content_hash = excluded.content_hash, last_seen_at = excluded.last_seen_at,
-        deleted_at = NULL, last_run_id = excluded.last_run_id
+      FROM page WHERE stored IS NULL
+),
+rewritten AS (
+    -- Changed, or deleted and listed again: all but first_seen_at.
+    UPDATE finetuning_jobs j
+       SET (name, description, model, train_mode, created_at, raw, content_hash)
+               = (SELECT p.name, p.description, p.model, p.train_mode, p.created_at,
+                         p.raw::json, p.content_hash
+                    FROM page p WHERE p.job_id = j.job_id),
+           last_seen_at = %(now)s::timestamptz, deleted_at = NULL,
+           last_run_id = %(run_id)s::integer
+     WHERE job_id = ANY (ARRAY(SELECT job_id FROM page WHERE stored <> content_hash))
 ),
 touched AS (
     UPDATE finetuning_jobs
