@@ -173,6 +173,8 @@ def _postgresql_settings(dbapi_connection, _record) -> None:  # type: ignore[no-
     # psycopg prepares a statement after five runs, while the table may still be small; the
     # generic plan PostgreSQL then keeps scans the whole table for each page's lookup by job id.
     # Planning every execution afresh keeps it an index scan however large the table grows.
+    # (The PostgreSQL page writer keeps one generic plan instead, with sequential scans ruled
+    # out for its transactions: see PLAN_SETTINGS in writers/postgresql.py.)
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET plan_cache_mode = force_custom_plan")
     dbapi_connection.commit()  # a SET inside a transaction that is rolled back is undone
