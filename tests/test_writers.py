@@ -257,6 +257,17 @@ def test_mariadb_inserts_are_sent_as_multi_row_statements():
         assert RE_INSERT_VALUES.match(writer.sql(statement))
 
 
+def test_postgresql_page_statement_is_short_enough_for_psycopg_to_cache():
+    """psycopg converts a query's named placeholders once and caches the result only for a
+    text within its limit; past it, every page pays for the conversion again."""
+    from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
+
+    from qfsync.writers.postgresql import PAGE_SQL, PLAN_SETTINGS
+
+    for statement in (PAGE_SQL, PLAN_SETTINGS):
+        assert len(statement.encode()) <= MAX_CACHED_STATEMENT_LENGTH
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_postgresql_pages_commit_without_waiting_for_the_disk(engine):
     """A page's transaction commits with synchronous_commit off, and only that transaction: the
