@@ -53,8 +53,9 @@ POLICIES = (
     "QianfanFullControlAccessPolicy, QianfanReadAccessPolicy, "
     "QianfanModelTuningFullControlAccessPolicy or QianfanModelTuningReadAccessPolicy"
 )
+# {action}: the action that was called, which is the one the key lacks.
 HINTS = {
-    "AccessDenied": f"The key lacks permission for {ACTION}: grant one of {POLICIES}",
+    "AccessDenied": f"The key lacks permission for {{action}}: grant one of {POLICIES}",
     "InvalidAccessKeyId": "Check QIANFAN_ACCESS_KEY and QIANFAN_SECRET_KEY",
     "SignatureDoesNotMatch": "Check QIANFAN_ACCESS_KEY and QIANFAN_SECRET_KEY",
     "RequestExpired": "The request timestamp was rejected: check this machine's clock (NTP)",
@@ -342,7 +343,8 @@ class Client:
             raise TransientError(
                 f"HTTP {status} {code}: {message}", retry_after(response), request_id
             )
-        raise ApiError(code, message, request_id, status, HINTS.get(code))
+        hint = HINTS.get(code)
+        raise ApiError(code, message, request_id, status, hint and hint.format(action=action))
 
     def fetch_page(self, body: dict[str, Any], stop: threading.Event | None = None) -> Page:
         """One validated page of DescribeFineTuningJobs."""
