@@ -184,7 +184,13 @@ def tasks(
                 else ([job.job_id for job in page.jobs] for page in walk(client, query))
             )
             for batch in batches:
-                for listed in fetcher.fetch(batch).values():
+                fetched = fetcher.fetch(batch)
+                if job_ids and fetched.gone:
+                    # A job asked for by name: the API's own answer says it best.
+                    raise fetched.gone[0].refusal
+                for gone in fetched.gone:
+                    log.warning("%s", gone)
+                for listed in fetched.tasks.values():
                     yield from listed
 
     return generate()

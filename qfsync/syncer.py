@@ -368,6 +368,8 @@ class Sync:
     ) -> TaskCounts | None:
         if self.tasks is None or listings is None:
             return None
+        for gone in listings.gone:
+            self.note(str(gone))
         counts = self.tasks.write(connection, listings, run_id, runs.utcnow())
         runs.record_tasks(connection, run_id, counts)
         return counts

@@ -6,15 +6,17 @@ of requests in flight, each worker thread with a client of its own; a 429 with R
 seen by any of them pauses them all (a shared `Throttle`). The jobs walk stays sequential.
 """
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
 from .client import MAX_PAGE_SIZE, Client
-from .errors import PagingError, QfsyncError
+from .errors import ApiError, PagingError, QfsyncError
 from .task_pages import (
     DETAIL_ACTION,
     LIST_ACTION,
@@ -31,6 +33,23 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_AGE = timedelta(days=1)
 # A job with this many pages of tasks (a million at 100 a page) is a server that never ends.
 MAX_TASK_PAGES = 10_000
+# What the API answers for a jobId or taskId it does not know: a job or task deleted between
+# being listed and being asked about. (qfsync sends no other argument it could refuse.)
+UNKNOWN_ID = "InvalidRequestArgumentError"
+
+log = logging.getLogger(__name__)
+
+
+class JobGone(QfsyncError):
+    """The API refused to list a job's tasks: the job was deleted after its page was listed.
+    Its tasks are skipped this time (never marked deleted); the jobs walk notices the job."""
+
+    def __init__(self, job_id: str, refusal: ApiError):
+        self.job_id, self.refusal = job_id, refusal
+        super().__init__(
+            f"the tasks of job {job_id} could not be listed, probably deleted since its page "
+            f"was listed ({refusal}); its tasks were skipped"
+        )
 
 
 def walk_tasks(
@@ -75,21 +94,46 @@ def job_tasks(
     page_size: int = MAX_PAGE_SIZE,
     stop: threading.Event | None = None,
 ) -> list[Task]:
-    """Every task of one job, a running task with its progress: a complete listing."""
-    tasks = [task for page in walk_tasks(client, job_id, page_size, stop) for task in page.tasks]
-    return [
-        task.with_progress(
-            client.call(
-                DETAIL_ACTION,
-                {"taskId": task.task_id},
-                partial(parse_progress, task.task_id),
-                stop,
-            )
+    """Every task of one job, a running task with its progress: a complete listing, or
+    JobGone when the API no longer knows the job."""
+    try:
+        tasks = [
+            task for page in walk_tasks(client, job_id, page_size, stop) for task in page.tasks
+        ]
+    except ApiError as exc:
+        if exc.code != UNKNOWN_ID:
+            raise
+        raise JobGone(job_id, exc) from None
+    return [with_progress(client, task, stop) for task in tasks]
+
+
+def with_progress(client: Client, task: Task, stop: threading.Event | None = None) -> Task:
+    """A running task with its progress from DescribeFineTuningTask; any other task as it is."""
+    if task.run_status != RUNNING:
+        return task
+    try:
+        progress = client.call(
+            DETAIL_ACTION, {"taskId": task.task_id}, partial(parse_progress, task.task_id), stop
         )
-        if task.run_status == RUNNING
-        else task
-        for task in tasks
-    ]
+    except ApiError as exc:
+        if exc.code != UNKNOWN_ID:
+            raise
+        # Deleted (or its job) since it was listed: the listing stands, without a progress,
+        # and the next listing of the job finds the task gone. Failing here would fail every
+        # sync that meets such a race.
+        log.info(
+            "task %s of job %s is gone since it was listed: %s", task.task_id, task.job_id, exc
+        )
+        return task
+    return task.with_progress(progress)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Complete task listings of some jobs, and the jobs whose tasks the API refused to list."""
+
+    tasks: dict[str, list[Task]]
+    gone: list[JobGone]
 
 
 class TaskFetcher:
@@ -123,19 +167,21 @@ class TaskFetcher:
                 self._workers.append(worker)
         return worker
 
-    def _job_tasks(self, job_id: str, halt: threading.Event) -> list[Task]:
+    def _job_tasks(self, job_id: str, halt: threading.Event) -> list[Task] | JobGone:
         if halt.is_set():
             raise QfsyncError("stopped before fetching the tasks of job " + job_id)
-        return job_tasks(self._client(), job_id, self.page_size, halt)
+        try:
+            return job_tasks(self._client(), job_id, self.page_size, halt)
+        except JobGone as gone:
+            return gone
 
-    def fetch(
-        self, job_ids: Sequence[str], stop: threading.Event | None = None
-    ) -> dict[str, list[Task]]:
-        """Every task of each job, in the order of `job_ids`; the first failure is raised once
-        the requests in flight have ended, and no request starts after it (nor after `stop`)."""
+    def fetch(self, job_ids: Sequence[str], stop: threading.Event | None = None) -> Fetched:
+        """Every task of each job, in the order of `job_ids`, but for the jobs gone since; the
+        first failure is raised once the requests in flight have ended, and no request starts
+        after it (nor after `stop`)."""
         # Its own event per call: a failure here halts this call's fetches, not the next call's.
         halt = threading.Event()
-        futures: dict[str, Future[list[Task]]] = {
+        futures: dict[str, Future[list[Task] | JobGone]] = {
             job_id: self._pool.submit(self._job_tasks, job_id, halt) for job_id in job_ids
         }
         pending = set(futures.values())
@@ -150,7 +196,11 @@ class TaskFetcher:
             raise first
         if halt.is_set():
             raise QfsyncError("stopped while fetching tasks")
-        return {job_id: future.result() for job_id, future in futures.items()}
+        results = {job_id: future.result() for job_id, future in futures.items()}
+        return Fetched(
+            {job_id: found for job_id, found in results.items() if not isinstance(found, JobGone)},
+            [found for found in results.values() if isinstance(found, JobGone)],
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

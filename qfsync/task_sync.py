@@ -8,14 +8,14 @@ of the others once their tasks were last listed longer ago than `max_age`; an in
 
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine
 
 from . import fits, task_store
 from .store import Scope
-from .task_fetch import DEFAULT_MAX_AGE, TaskFetcher
+from .task_fetch import DEFAULT_MAX_AGE, JobGone, TaskFetcher
 from .task_pages import Task
 from .task_store import TaskCounts
 
@@ -25,10 +25,12 @@ BATCH = 100
 
 @dataclass(frozen=True)
 class Listings:
-    """Complete task lists of some jobs, and the requests they took."""
+    """Complete task lists of some jobs, the requests they took, and the jobs whose tasks
+    the API refused to list (deleted since their page was listed)."""
 
     tasks: dict[str, list[Task]]
     requests: int
+    gone: list[JobGone] = field(default_factory=list)
 
 
 class TaskSync:
@@ -37,8 +39,8 @@ class TaskSync:
 
     def _fetch(self, job_ids: Sequence[str], stop: threading.Event | None) -> Listings:
         before = self.fetcher.requests_made
-        tasks = self.fetcher.fetch(job_ids, stop)
-        return Listings(tasks, self.fetcher.requests_made - before)
+        fetched = self.fetcher.fetch(job_ids, stop)
+        return Listings(fetched.tasks, self.fetcher.requests_made - before, fetched.gone)
 
     def fetch(
         self,

@@ -10,9 +10,9 @@ from test_client import DEMO, FAST, scripted
 
 from qfsync import fits
 from qfsync.client import Client, RetryPolicy
-from qfsync.errors import MalformedResponse, PagingError, RetriesExhausted, Unstorable
+from qfsync.errors import ApiError, MalformedResponse, PagingError, RetriesExhausted, Unstorable
 from qfsync.fake_api import Faults
-from qfsync.task_fetch import job_tasks, walk_tasks
+from qfsync.task_fetch import TaskFetcher, job_tasks, walk_tasks
 from qfsync.task_pages import ZERO_DATE, parse_progress, parse_task_page
 from qfsync.throttle import Throttle
 
@@ -167,6 +167,60 @@ def test_the_task_walk_pages_and_asks_for_running_progress():
         ("task-2", 40.0),
         ("task-3", None),
     ]
+
+
+def refused(code: str) -> dict[str, Any]:
+    return {"requestId": "r", "code": code, "message": "refused"}
+
+
+def test_a_task_deleted_before_its_progress_is_kept_without_it():
+    """A running task that DescribeFineTuningTask no longer knows (deleted since the listing)
+    is kept as listed, without a progress, instead of failing the listing; the next listing
+    of its job finds it gone."""
+    running = item(taskId="task-2", runStatus="Running", finishDate=ZERO_DATE)
+
+    def answer(n: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if "taskId" in body:
+            return 400, refused("InvalidRequestArgumentError")
+        return 200, page(item(), running)
+
+    with scripted(answer) as server, Client(DEMO, server.url, FAST) as client:
+        tasks = job_tasks(client, JOB)
+    assert [(t.task_id, t.run_status, t.run_progress) for t in tasks] == [
+        ("task-1", "Done", None),
+        ("task-2", "Running", None),
+    ]
+
+
+def test_access_denied_on_a_task_action_names_that_action():
+    """A key allowed to list jobs but not to describe a task: the error's hint names
+    DescribeFineTuningTask, the action that was refused, not DescribeFineTuningJobs."""
+    running = item(runStatus="Running", finishDate=ZERO_DATE)
+
+    def answer(n: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if "taskId" in body:
+            return 403, refused("AccessDenied")
+        return 200, page(running)
+
+    with scripted(answer) as server, Client(DEMO, server.url, FAST) as client:
+        with pytest.raises(ApiError, match="AccessDenied") as denied:
+            job_tasks(client, JOB)
+    assert "permission for DescribeFineTuningTask:" in str(denied.value)
+    assert "DescribeFineTuningJobs" not in str(denied.value)
+
+
+def test_a_job_deleted_before_its_tasks_are_listed_is_set_apart(fake_api):
+    """Of several jobs, one the API no longer knows is reported as gone (with the API's
+    refusal) and left out of the listings, which hold every other job's tasks complete."""
+    api = fake_api(30)
+    jobs = [job["jobId"] for job in api.job_list()]
+    expected = {job: [t["taskId"] for t in api.task_list(job)] for job in jobs[1:]}
+    api.delete(jobs[:1])
+    with Client(DEMO, api.url, FAST) as client, TaskFetcher(client, 4) as fetcher:
+        fetched = fetcher.fetch(jobs)
+    assert {job: [t.task_id for t in tasks] for job, tasks in fetched.tasks.items()} == expected
+    (gone,) = fetched.gone
+    assert gone.job_id == jobs[0] and gone.refusal.code == "InvalidRequestArgumentError"
 
 
 def test_a_hold_pauses_every_waiter_and_a_stop_releases_it():

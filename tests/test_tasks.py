@@ -383,3 +383,19 @@ def test_library_tasks_and_sync_with_tasks(database_url, fake_api):
     )
     result = qfsync.sync(database_url, tasks=True, **login)
     assert (result.tasks_seen, result.tasks_inserted) == (len(now), len(now))
+
+
+def test_a_job_deleted_since_the_last_sync_does_not_fail_incremental(engine, fake_api, run_sync):
+    """A job deleted in the API while one of its tasks was unfinished: an incremental sync
+    (which never marks jobs deleted) skips its tasks instead of failing on the API's
+    InvalidRequestArgumentError, and the job's tasks keep their rows untouched."""
+    api = fake_api(JOBS)
+    run_sync(engine, api, tasks=True)
+    job = sorted(unfinished_jobs(api))[0]
+    tasks = {item["taskId"] for item in api.task_list(job)}
+    before = {task_id: stored(engine)[task_id] for task_id in tasks}
+    api.delete([job])
+    result = run_sync(engine, api, tasks=True, incremental=True)
+    assert result.status == "succeeded" and result.tasks_deleted == 0
+    assert {task_id: stored(engine)[task_id] for task_id in tasks} == before
+    assert any(job in note and "skipped" in note for note in result.notes)
