@@ -399,3 +399,55 @@ def test_a_job_deleted_since_the_last_sync_does_not_fail_incremental(engine, fak
     assert result.status == "succeeded" and result.tasks_deleted == 0
     assert {task_id: stored(engine)[task_id] for task_id in tasks} == before
     assert any(job in note and "skipped" in note for note in result.notes)
+
+
+# A BI tool's session may run in any time zone; UTC+8 moves the last hours of a month.
+SESSION_TIME_ZONE = {
+    "postgresql": "SET TIME ZONE 'Asia/Shanghai'",
+    "mysql": "SET time_zone = '+08:00'",
+}
+
+
+def test_outcomes_monthly_view_gives_the_fakes_numbers(engine, fake_api, run_sync):
+    """finetuning_task_outcomes_monthly holds, per UTC month of creation, model, train mode
+    and status, the tasks and their average and longest durations, as computed from the
+    fake's tasks, whatever the session's time zone."""
+    # Dated so that the tasks straddle a month's end, some in its last eight hours.
+    api = fake_api(JOBS, now=datetime(2024, 3, 1, 6, tzinfo=UTC))
+    run_sync(engine, api, tasks=True)
+    jobs = {job["jobId"]: job for job in api.job_list()}
+    expected: dict[tuple, list[float | None]] = {}
+    for item, _ in listed(api).values():
+        job = jobs[item["jobId"]]
+        key = (item["createDate"][:7], job["model"], job["trainMode"], item["runStatus"] or None)
+        finished = item["finishDate"] != ZERO_DATE
+        seconds = (
+            (parse_time(item["finishDate"]) - parse_time(item["createDate"])).total_seconds()
+            if finished
+            else None
+        )
+        expected.setdefault(key, []).append(seconds)
+    late_february = [
+        item
+        for item, _ in listed(api).values()
+        if item["createDate"] >= "2024-02-29T16:00:00Z" and item["createDate"] < "2024-03"
+    ]
+    assert late_february and {month for month, *_ in expected} == {"2024-02", "2024-03"}
+    with engine.connect() as connection:
+        if engine.dialect.name in SESSION_TIME_ZONE:
+            connection.exec_driver_sql(SESSION_TIME_ZONE[engine.dialect.name])
+        rows = connection.exec_driver_sql(
+            "SELECT month, model, train_mode, run_status, tasks, avg_duration_s, max_duration_s"
+            " FROM finetuning_task_outcomes_monthly"
+        ).all()
+    found = {(m, mo, tm, s): (int(n), avg, longest) for m, mo, tm, s, n, avg, longest in rows}
+    assert found.keys() == expected.keys()
+    for key, durations in expected.items():
+        known = [d for d in durations if d is not None]
+        count, avg, longest = found[key]
+        assert count == len(durations), key
+        if known:
+            assert float(avg) == pytest.approx(sum(known) / len(known)), key
+            assert float(longest) == max(known), key
+        else:
+            assert avg is None and longest is None, key
