@@ -1,0 +1,116 @@
+"""Hostile answers to the task actions get the jobs walk's protections: `qfsync tasks` (and so
+a `sync --tasks`, which fetches with the same code) ends in one safe line, never an internal
+error, whatever DescribeFineTuningTasks or DescribeFineTuningTask send."""
+
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from hostile import Reply, json_answer
+from test_hostile import HOSTILE, RETRIED, assert_one_safe_line, hostile  # noqa: F401
+
+from qfsync.cli import main
+from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
+from qfsync.task_pages import ZERO_DATE
+
+JOB = "job-a"
+
+
+def task(task_id: str = "task-1", **changes: Any) -> dict[str, Any]:
+    item = {
+        "taskId": task_id,
+        "jobId": JOB,
+        "runStatus": "Done",
+        "createDate": "2024-01-02T03:04:05Z",
+        "finishDate": "2024-01-02T05:04:05Z",
+    }
+    return item | changes
+
+
+def tasks_page(*items: Any, next_marker: str | None = None, **info: Any) -> dict[str, Any]:
+    page_info = {"isTruncated": next_marker is not None, **info}
+    if next_marker is not None:
+        page_info["nextMarker"] = next_marker
+    return {"requestId": "r", "result": {"taskList": list(items), "pageInfo": page_info}}
+
+
+RUNNING = task(runStatus="Running", finishDate=ZERO_DATE)
+# Answers the jobs walk's table cannot give: the shapes of the task actions. name: (replies,
+# what the one line must say, whether it was retried)
+TASK_HOSTILE: dict[str, tuple[tuple[Reply, ...], str, bool]] = {
+    "a task that is not an object": (
+        (json_answer(200, tasks_page("task-1")),),
+        "taskList[0] is not an object",
+        True,
+    ),
+    "a task of another job": (
+        (json_answer(200, tasks_page(task(jobId="job-\x1b[2Jother"))),),
+        "jobId is 'job-\\x1b[2Jother', but the tasks of job-a were asked for",
+        True,
+    ),
+    "a taskId with control characters and a bad time": (
+        (json_answer(200, tasks_page(task("t\x00\n\u2028", createDate="\x1b[31m"))),),
+        "(task t\\x00\\n\\u2028).createDate is not an ISO 8601 time",
+        True,
+    ),
+    "a truncated page without its nextMarker": (
+        (json_answer(200, tasks_page(task(), isTruncated=True)),),
+        "'pageInfo.isTruncated' is true but 'nextMarker' is missing",
+        True,
+    ),
+    "markers that cycle": (
+        (
+            json_answer(200, tasks_page(task("task-1"), next_marker="m1")),
+            json_answer(200, tasks_page(task("task-2"), next_marker="m2")),
+            json_answer(200, tasks_page(task("task-3"), next_marker="m1")),
+        ),
+        "the API returned the marker 'm1' again",
+        False,
+    ),
+    "a progress that is not a percentage": (
+        (
+            json_answer(200, tasks_page(RUNNING)),
+            json_answer(200, {"result": RUNNING | {"runProgress": "\x1b[2J140%"}}),
+        ),
+        "runProgress of task task-1 is not a percentage from 0 to 100",
+        True,
+    ),
+    "a progress of another task": (
+        (
+            json_answer(200, tasks_page(RUNNING)),
+            json_answer(200, {"result": RUNNING | {"taskId": "task-9", "runProgress": "4%"}}),
+        ),
+        "result.taskId is 'task-9', not task-1",
+        True,
+    ),
+}
+# The jobs walk's table, but for the checks of a jobs page, which a task page words its own way.
+TRANSPORT = {
+    name: ((reply,), expected, retried)
+    for name, (reply, expected, retried) in HOSTILE.items()
+    if "pageInfo" not in expected
+}
+CASES = TRANSPORT | TASK_HOSTILE
+
+
+@pytest.mark.parametrize(("replies", "expected", "retried"), CASES.values(), ids=CASES.keys())
+def test_hostile_task_answer_is_one_clear_line(
+    hostile: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    replies: tuple[Reply, ...],
+    expected: str,
+    retried: bool,
+) -> None:
+    """Each hostile answer to a task action ends `qfsync tasks` with exit 1 and one safe line
+    saying what went wrong, after retrying what is worth retrying; no task is printed."""
+    server = hostile(*replies)
+    monkeypatch.setenv("QIANFAN_ACCESS_KEY", DEMO_ACCESS_KEY)
+    monkeypatch.setenv("QIANFAN_SECRET_KEY", DEMO_SECRET_KEY)
+    args = ["tasks", "--job-id", JOB, "--endpoint", server.url]
+    result = CliRunner().invoke(main, [*args, "--max-attempts", "2", "--max-retry-wait", "1"])
+    assert result.exit_code == 1, result.output
+    line = assert_one_safe_line(result.stderr)
+    assert expected in line
+    assert result.stdout == ""
+    assert (RETRIED in line) == retried
+    assert len(line) < 1000
