@@ -285,8 +285,12 @@ def tasks_command(**options: Any) -> None:
     """Print the tasks of a job, or of every job, one JSON object a line, without touching a
     database: running tasks with their progress, as a `sync --tasks` would store them."""
     write = sys.stdout.write
-    for task in api.tasks(**options):
-        write(dumps(task.to_json()) + "\n")
+    try:
+        for task in api.tasks(**options):
+            write(dumps(task.to_json()) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        reader_gone()
 
 
 def parse_max_age(_ctx: click.Context, _param: click.Parameter, value: str) -> Any:

@@ -2,12 +2,15 @@
 history as time passes, exact counts, and only the task requests a sync needs."""
 
 import json
+import os
+import subprocess
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
+from test_cli_jobs import qfsync_command
 
 import qfsync
 from qfsync.cli import main
@@ -308,6 +311,34 @@ def test_cli_sync_tasks_json_and_tasks_command(database_url, fake_api, api_env):
     assert [json.loads(line)["job_id"] for line in one.stdout.splitlines()] == [
         job for item, _ in now.values() if item["jobId"] == job
     ]
+
+
+@pytest.mark.slow
+def test_tasks_into_a_closed_pipe_ends_quietly(fake_api, tmp_path):
+    """`qfsync tasks | head -1`: when the reader closes the pipe after one line, qfsync stops
+    with the status of a tool killed by SIGPIPE (141) and nothing on stderr, as `jobs` does."""
+    api = fake_api(3000)  # megabytes of output: far more than a pipe's buffer holds
+    env = {
+        **os.environ,
+        "QIANFAN_ACCESS_KEY": DEMO_ACCESS_KEY,
+        "QIANFAN_SECRET_KEY": DEMO_SECRET_KEY,
+        "QIANFAN_CONSOLE_API_BASE_URL": api.url,
+    }
+    with subprocess.Popen(
+        [qfsync_command(), "tasks"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as listing:
+        assert listing.stdout is not None and listing.stderr is not None
+        first = listing.stdout.readline()
+        listing.stdout.close()
+        stderr = listing.stderr.read()
+        listing.wait(timeout=60)
+    assert "task_id" in json.loads(first)
+    assert (listing.returncode, stderr) == (141, b"")
+    assert api.requests_by_action["DescribeFineTuningTasks"] < 3000  # it stopped early
 
 
 def test_tasks_of_an_unknown_job_is_one_line(fake_api, api_env):
