@@ -482,3 +482,34 @@ def test_outcomes_monthly_view_gives_the_fakes_numbers(engine, fake_api, run_syn
             assert float(longest) == max(known), key
         else:
             assert avg is None and longest is None, key
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_loses_and_double_counts_no_task(
+    engine, database_url, fake_api
+):
+    """A `sync --tasks` killed with SIGKILL has committed each page with its tasks and their
+    counts; the resumed run completes them: every task stored as listed, each inserted by
+    exactly one of the two runs, one version each."""
+    from test_faults import start_sync, wait_for_pages
+
+    api = fake_api(1000, faults=Faults(latency_s=0.01))
+    process = start_sync(api, database_url, "--tasks")
+    wait_for_pages(engine, 3, process)
+    process.kill()
+    process.communicate()
+    with engine.connect() as connection:
+        (dead,) = connection.execute(select(sync_runs)).mappings().all()
+        committed = connection.scalar(select(func.count()).select_from(finetuning_tasks))
+    assert dead["status"] == "running" and dead["pages"] < 10
+    assert dead["tasks_inserted"] == dead["tasks_seen"] == committed > 0
+    api.faults = Faults()
+    rerun = start_sync(api, database_url, "--tasks", "--json")
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    resumed = json.loads(out)
+    assert resumed["resumed_from"] == dead["id"]
+    now = assert_stored_as_listed(engine, api)
+    assert dead["tasks_inserted"] + resumed["tasks_inserted"] == len(now)
+    assert resumed["tasks_updated"] + resumed["tasks_deleted"] == 0
+    assert len(versions(engine)) == len(now)
