@@ -27,6 +27,14 @@ from qfsync.schema import (
 from qfsync.task_pages import FINAL_STATUSES, ZERO_DATE
 
 JOBS = 250
+TASK_COUNT_COLUMNS = (
+    "tasks_seen",
+    "tasks_inserted",
+    "tasks_updated",
+    "tasks_unchanged",
+    "tasks_deleted",
+    "task_requests",
+)
 EVERY_TIME = timedelta(0)  # --tasks-max-age 0: list every job's tasks again
 
 
@@ -161,6 +169,12 @@ def test_time_passing_is_recorded_as_versions_with_exact_counts(engine, fake_api
         result.tasks_unchanged,
         result.tasks_deleted,
     ) == (len(after), len(new), len(updated), len(both) - len(updated), len(gone))
+    with engine.connect() as connection:
+        run = connection.execute(select(sync_runs).where(sync_runs.c.id == result.run_id))
+        recorded = run.mappings().one()
+    assert {name: recorded[name] for name in TASK_COUNT_COLUMNS} == {
+        name: getattr(result, name) for name in TASK_COUNT_COLUMNS
+    }
 
     rows = stored(engine)
     (deleted,) = gone
