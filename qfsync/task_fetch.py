@@ -33,6 +33,11 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_AGE = timedelta(days=1)
 # A job with this many pages of tasks (a million at 100 a page) is a server that never ends.
 MAX_TASK_PAGES = 10_000
+# A page's task lists are all held until the page's transaction. Their answers together may
+# not pass this (a real page's are well under a megabyte): each answer is capped by the
+# client, but a hostile server could otherwise make one page of 100 jobs hold 100 answers at
+# that cap, or one job an endless run of them.
+MAX_HELD_BYTES = 64 * 2**20
 # What the API answers for a jobId or taskId it does not know: a job or task deleted between
 # being listed and being asked about. (qfsync sends no other argument it could refuse.)
 UNKNOWN_ID = "InvalidRequestArgumentError"
@@ -52,11 +57,30 @@ class JobGone(QfsyncError):
         )
 
 
+class Budget:
+    """The bytes of task list answers one fetch may hold, shared by its worker threads."""
+
+    def __init__(self, limit: int = MAX_HELD_BYTES):
+        self.limit, self.held = limit, 0
+        self._lock = threading.Lock()
+
+    def hold(self, size: int, job_id: str) -> None:
+        with self._lock:
+            self.held += size
+            over = self.held > self.limit
+        if over:
+            raise PagingError(
+                f"the task lists being fetched pass {self.limit:,} bytes (at job {job_id}); "
+                "stopping rather than holding more"
+            )
+
+
 def walk_tasks(
     client: Client,
     job_id: str,
     page_size: int = MAX_PAGE_SIZE,
     stop: threading.Event | None = None,
+    budget: Budget | None = None,
 ) -> Iterator[TaskPage]:
     """Yield each page of one job's task list, each task once, until the last page.
 
@@ -66,7 +90,13 @@ def walk_tasks(
     marker: str | None = None
     markers: set[str] = set()
     previous_ids: set[str] = set()
-    parse = partial(parse_task_page, job_id)
+
+    def parse(body: Any, text: bytes) -> TaskPage:
+        page = parse_task_page(job_id, body, text)
+        if budget is not None:
+            budget.hold(len(text), job_id)
+        return page
+
     for _ in range(MAX_TASK_PAGES):
         body: dict[str, Any] = {"jobId": job_id, "maxKeys": page_size, "pageReverse": False}
         if marker is not None:
@@ -93,12 +123,15 @@ def job_tasks(
     job_id: str,
     page_size: int = MAX_PAGE_SIZE,
     stop: threading.Event | None = None,
+    budget: Budget | None = None,
 ) -> list[Task]:
     """Every task of one job, a running task with its progress: a complete listing, or
     JobGone when the API no longer knows the job."""
     try:
         tasks = [
-            task for page in walk_tasks(client, job_id, page_size, stop) for task in page.tasks
+            task
+            for page in walk_tasks(client, job_id, page_size, stop, budget)
+            for task in page.tasks
         ]
     except ApiError as exc:
         if exc.code != UNKNOWN_ID:
@@ -144,10 +177,11 @@ class TaskFetcher:
         client: Client,
         concurrency: int = DEFAULT_CONCURRENCY,
         page_size: int = MAX_PAGE_SIZE,
+        max_held_bytes: int = MAX_HELD_BYTES,
     ):
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
-        self.client, self.page_size = client, page_size
+        self.client, self.page_size, self.max_held_bytes = client, page_size, max_held_bytes
         self.throttle = Throttle()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="qfsync-tasks")
         self._local = threading.local()
@@ -167,11 +201,13 @@ class TaskFetcher:
                 self._workers.append(worker)
         return worker
 
-    def _job_tasks(self, job_id: str, halt: threading.Event) -> list[Task] | JobGone:
+    def _job_tasks(
+        self, job_id: str, halt: threading.Event, budget: Budget
+    ) -> list[Task] | JobGone:
         if halt.is_set():
             raise QfsyncError("stopped before fetching the tasks of job " + job_id)
         try:
-            return job_tasks(self._client(), job_id, self.page_size, halt)
+            return job_tasks(self._client(), job_id, self.page_size, halt, budget)
         except JobGone as gone:
             return gone
 
@@ -181,8 +217,9 @@ class TaskFetcher:
         after it (nor after `stop`)."""
         # Its own event per call: a failure here halts this call's fetches, not the next call's.
         halt = threading.Event()
+        budget = Budget(self.max_held_bytes)
         futures: dict[str, Future[list[Task] | JobGone]] = {
-            job_id: self._pool.submit(self._job_tasks, job_id, halt) for job_id in job_ids
+            job_id: self._pool.submit(self._job_tasks, job_id, halt, budget) for job_id in job_ids
         }
         pending = set(futures.values())
         first: BaseException | None = None

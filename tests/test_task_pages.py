@@ -282,3 +282,17 @@ def test_a_task_value_its_column_cannot_hold_is_refused_by_name(changes, dialect
         fits.check_tasks([task], dialect)
     assert "of job 'job-abc'" in str(refused.value)
     fits.check_tasks(parse_task_page(JOB, page(item())).tasks, dialect)  # a normal task fits
+
+
+def test_the_task_lists_held_at_once_are_bounded(fake_api):
+    """A fetch holds its jobs' task lists until their page is written: past its byte budget
+    it stops with one PagingError naming the limit, rather than holding whatever a server
+    sends; under it, every list arrives."""
+    api = fake_api(30)
+    jobs = [job["jobId"] for job in api.job_list()]
+    with Client(DEMO, api.url, FAST) as client:
+        with TaskFetcher(client, 4, max_held_bytes=5_000) as fetcher:
+            with pytest.raises(PagingError, match="pass 5,000 bytes"):
+                fetcher.fetch(jobs)
+        with TaskFetcher(client, 4) as fetcher:
+            assert fetcher.fetch(jobs).tasks.keys() == set(jobs)
