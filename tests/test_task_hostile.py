@@ -10,6 +10,7 @@ from hostile import Reply, json_answer
 from test_hostile import HOSTILE, RETRIED, assert_one_safe_line, hostile  # noqa: F401
 
 from qfsync.cli import main
+from qfsync.errors import UNSAFE
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
 from qfsync.task_pages import ZERO_DATE
 
@@ -114,3 +115,31 @@ def test_hostile_task_answer_is_one_clear_line(
     assert result.stdout == ""
     assert (RETRIED in line) == retried
     assert len(line) < 1000
+
+
+def test_report_shows_a_servers_control_characters_escaped(
+    hostile: Any,  # noqa: F811
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A status and a model holding ANSI escapes, stored as sent by a `sync --tasks`, reach
+    the terminal through `qfsync report` as visible escapes, never as control characters."""
+    jobs = {
+        "requestId": "r",
+        "result": {
+            "jobList": [{"jobId": JOB, "model": "M\x1b[2J", "createTime": "2024-01-16T09:48:35Z"}],
+            "pageInfo": {"isTruncated": False},
+        },
+    }
+    listed = tasks_page(task(runStatus="Run\x1b]0;x\x07", finishDate=ZERO_DATE), task("task-2"))
+    server = hostile(json_answer(200, jobs), json_answer(200, listed))
+    monkeypatch.setenv("QIANFAN_ACCESS_KEY", DEMO_ACCESS_KEY)
+    monkeypatch.setenv("QIANFAN_SECRET_KEY", DEMO_SECRET_KEY)
+    runner = CliRunner()
+    args = ["--endpoint", server.url, "--database-url", database_url]
+    synced = runner.invoke(main, ["sync", "--tasks", *args])
+    assert synced.exit_code == 0, synced.output
+    shown = runner.invoke(main, ["report", "--database-url", database_url])
+    assert shown.exit_code == 0, shown.output
+    assert "Run\\x1b]0;x\\x07" in shown.stdout and "M\\x1b[2J" in shown.stdout
+    assert not UNSAFE.search(shown.stdout.replace("\n", ""))
