@@ -370,7 +370,14 @@ class Client:
                 if stop is not None and stop.is_set():
                     raise
                 delay = exc.retry_after
-                if delay is not None and self.throttle is not None:
+                # The server's pause holds the siblings too, even if this client now gives
+                # up; but not one past any client's wait (a day, or endless), which would
+                # stall them all, or overflow the sleep.
+                if (
+                    self.throttle is not None
+                    and delay is not None
+                    and delay <= self.retry.max_wait_s
+                ):
                     self.throttle.hold(delay)
                 if delay is None:
                     delay = self.retry.backoff(attempt)

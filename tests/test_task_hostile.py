@@ -2,17 +2,21 @@
 a `sync --tasks`, which fetches with the same code) ends in one safe line, never an internal
 error, whatever DescribeFineTuningTasks or DescribeFineTuningTask send."""
 
+import threading
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from hostile import Reply, json_answer
+from hostile import Reply, answer, json_answer
 from test_hostile import HOSTILE, RETRIED, assert_one_safe_line, hostile  # noqa: F401
 
 from qfsync.cli import main
-from qfsync.errors import UNSAFE
+from qfsync.client import Client, Credentials, RetryPolicy
+from qfsync.errors import UNSAFE, RetriesExhausted
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
+from qfsync.task_fetch import job_tasks
 from qfsync.task_pages import ZERO_DATE
+from qfsync.throttle import Throttle
 
 JOB = "job-a"
 
@@ -143,3 +147,31 @@ def test_report_shows_a_servers_control_characters_escaped(
     assert shown.exit_code == 0, shown.output
     assert "Run\\x1b]0;x\\x07" in shown.stdout and "M\\x1b[2J" in shown.stdout
     assert not UNSAFE.search(shown.stdout.replace("\n", ""))
+
+
+@pytest.mark.parametrize("retry_after", ["1e999", "86400"])
+def test_a_retry_after_past_the_wait_budget_does_not_hold_the_siblings(
+    hostile: Any,  # noqa: F811
+    retry_after: str,
+) -> None:
+    """A worker that gives up on a 429 whose Retry-After is beyond what it would wait (an
+    endless one, a day) does not hold back its siblings for that long: their next request
+    goes out at once and is answered, instead of sleeping a day or raising OverflowError."""
+    server = hostile(
+        answer(429, b"", {"Retry-After": retry_after}), json_answer(200, tasks_page(task()))
+    )
+    retry = RetryPolicy(max_attempts=3, base_delay_s=0.001, max_wait_s=60)
+    with Client(Credentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY), server.url, retry) as client:
+        throttle = Throttle()
+        first, second = client.worker(throttle), client.worker(throttle)
+        with pytest.raises(RetriesExhausted, match="gave up after 1 attempts"):
+            job_tasks(first, JOB)
+        stop = threading.Event()
+        timer = threading.Timer(30, stop.set)  # a held sibling fails the test, not the suite
+        timer.start()
+        try:
+            assert [t.task_id for t in job_tasks(second, JOB, stop=stop)] == ["task-1"]
+        finally:
+            timer.cancel()
+        first.close()
+        second.close()
