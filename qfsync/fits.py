@@ -68,11 +68,15 @@ def check_page(jobs: Sequence[Job], next_marker: str | None, dialect: str) -> No
 
 def _column_fits(values: list[str], column: Column, dialect: str) -> bool:
     """True when no value can be refused by `problem`: none longer than the column's width,
-    no NUL for PostgreSQL."""
+    no NUL for PostgreSQL, no key ending in a space for MariaDB."""
     width = getattr(column.type, "length", None)
     if width is not None and max(map(len, values), default=0) > width:
         return False
-    return not (dialect == "postgresql" and "\x00" in "".join(values))
+    if dialect == "postgresql":
+        return "\x00" not in "".join(values)
+    if dialect in ("mysql", "mariadb") and column.primary_key:
+        return not any(value.endswith(" ") for value in values)
+    return True
 
 
 def check_tasks(tasks: Iterable[Task], dialect: str) -> None:
