@@ -117,18 +117,21 @@ def finite(text: str) -> float:
 
 def nesting_exceeds(value: Any, limit: int) -> bool:
     """True when arrays and objects nest more than `limit` deep (a scalar is depth 0)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
+    kind = type(value)
+    if kind is dict:
+        children = value.values()
+    elif kind is list:
+        children = value
+    else:
+        return False
+    if limit == 0:
+        return True
+    # Recursion is bounded by `limit`; checking types before the call keeps the scalars that
+    # make up nearly all of a page (some 600 of them) to one comparison each.
+    for child in children:
+        kind = type(child)
+        if (kind is dict or kind is list) and nesting_exceeds(child, limit - 1):
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
 
 
@@ -227,45 +230,64 @@ def parse_job(item: Any, position: int) -> Job:
     )
 
 
-def parse_page(body: Any, text: str | bytes = b"") -> Page:
-    """Validate one decoded response body; `text` is the raw body, for the error excerpt."""
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What every marker-paged answer (jobs, a job's tasks) holds around its items."""
 
-    def malformed(problem: str) -> MalformedResponse:
-        # The excerpt is built only on failure: a page's text runs to a hundred kilobytes.
-        return MalformedResponse(problem, excerpt(text) if text else excerpt(repr(body)))
+    items: list[Any]
+    marker: str | None
+    next_marker: str | None  # None on the last page
+    request_id: str | None
 
+
+def malformed(problem: str, body: Any, text: str | bytes) -> MalformedResponse:
+    # The excerpt is built only on failure: a page's text runs to a hundred kilobytes.
+    return MalformedResponse(problem, excerpt(text) if text else excerpt(repr(body)))
+
+
+def parse_listing(body: Any, text: str | bytes, list_name: str) -> Listing:
+    """Validate the envelope of one decoded page whose items are in `result.<list_name>`;
+    `text` is the raw body, for the error excerpt."""
     if not isinstance(body, dict):
-        raise malformed("the body is not a JSON object")
+        raise malformed("the body is not a JSON object", body, text)
     result = body.get("result")
     if not isinstance(result, dict):
-        raise malformed("'result' is missing or not an object")
-    job_list = result.get("jobList")
-    if not isinstance(job_list, list):
-        raise malformed("'result.jobList' is missing or not a list")
+        raise malformed("'result' is missing or not an object", body, text)
+    items = result.get(list_name)
+    if not isinstance(items, list):
+        raise malformed(f"'result.{list_name}' is missing or not a list", body, text)
     page_info = result.get("pageInfo")
     if not isinstance(page_info, dict):
-        raise malformed("'result.pageInfo' is missing or not an object")
+        raise malformed("'result.pageInfo' is missing or not an object", body, text)
     truncated = page_info.get("isTruncated")
     if not isinstance(truncated, bool):
-        raise malformed("'pageInfo.isTruncated' is missing or not a boolean")
+        raise malformed("'pageInfo.isTruncated' is missing or not a boolean", body, text)
     next_marker = page_info.get("nextMarker")
     if next_marker is not None and not isinstance(next_marker, str):
-        raise malformed("'pageInfo.nextMarker' is not a string")
+        raise malformed("'pageInfo.nextMarker' is not a string", body, text)
     if truncated and not next_marker:
         # A page that says more follow but not where: taking it as the last page would end the
-        # walk "complete" and mark every job not yet reached as deleted.
-        raise malformed("'pageInfo.isTruncated' is true but 'pageInfo.nextMarker' is missing")
+        # listing "complete" and mark everything not yet reached as deleted.
+        raise malformed(
+            "'pageInfo.isTruncated' is true but 'pageInfo.nextMarker' is missing", body, text
+        )
     marker = page_info.get("marker")
     if marker is not None and not isinstance(marker, str):
-        raise malformed("'pageInfo.marker' is not a string")
+        raise malformed("'pageInfo.marker' is not a string", body, text)
     request_id = body.get("requestId")
-    jobs = [parse_job(item, i) for i, item in enumerate(job_list)]
-    if len({job.job_id for job in jobs}) != len(jobs):
-        raise malformed("a jobId appears twice in one page")
-    return Page(
-        jobs=jobs,
-        marker=marker or None,
+    return Listing(
+        items,
+        marker or None,
         # A last page may omit nextMarker or send one anyway; isTruncated false ends the walk.
-        next_marker=next_marker if truncated else None,
-        request_id=request_id if isinstance(request_id, str) else None,
+        next_marker if truncated else None,
+        request_id if isinstance(request_id, str) else None,
     )
+
+
+def parse_page(body: Any, text: str | bytes = b"") -> Page:
+    """Validate one decoded DescribeFineTuningJobs answer; `text` is the raw body."""
+    listing = parse_listing(body, text, "jobList")
+    jobs = [parse_job(item, i) for i, item in enumerate(listing.items)]
+    if len({job.job_id for job in jobs}) != len(jobs):
+        raise malformed("a jobId appears twice in one page", body, text)
+    return Page(jobs, listing.marker, listing.next_marker, listing.request_id)

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from .errors import MalformedResponse
-from .pages import content_hash, excerpt, parse_time
+from .pages import content_hash, excerpt, malformed, parse_listing, parse_time
 
 LIST_ACTION = "DescribeFineTuningTasks"
 DETAIL_ACTION = "DescribeFineTuningTask"
@@ -144,34 +144,11 @@ def _result(body: Any, text: bytes) -> dict[str, Any]:
 
 def parse_task_page(job_id: str, body: Any, text: bytes = b"") -> TaskPage:
     """Validate one decoded DescribeFineTuningTasks answer for the tasks of `job_id`."""
-    result = _result(body, text)
-
-    def malformed(problem: str) -> MalformedResponse:
-        return MalformedResponse(problem, excerpt(text) if text else excerpt(repr(body)))
-
-    task_list = result.get("taskList")
-    if not isinstance(task_list, list):
-        raise malformed("'result.taskList' is missing or not a list")
-    page_info = result.get("pageInfo")
-    if not isinstance(page_info, dict):
-        raise malformed("'result.pageInfo' is missing or not an object")
-    truncated = page_info.get("isTruncated")
-    if not isinstance(truncated, bool):
-        raise malformed("'pageInfo.isTruncated' is missing or not a boolean")
-    next_marker = page_info.get("nextMarker")
-    if next_marker is not None and not isinstance(next_marker, str):
-        raise malformed("'pageInfo.nextMarker' is not a string")
-    if truncated and not next_marker:
-        # A page that says more follows but not where would end the listing early, and a
-        # complete listing is what marks the missing tasks deleted.
-        raise malformed("'pageInfo.isTruncated' is true but 'nextMarker' is missing")
-    marker = page_info.get("marker")
-    if marker is not None and not isinstance(marker, str):
-        raise malformed("'pageInfo.marker' is not a string")
-    tasks = [parse_task(item, f"taskList[{i}]", job_id) for i, item in enumerate(task_list)]
+    listing = parse_listing(body, text, "taskList")
+    tasks = [parse_task(item, f"taskList[{i}]", job_id) for i, item in enumerate(listing.items)]
     if len({task.task_id for task in tasks}) != len(tasks):
-        raise malformed("a taskId appears twice in one page")
-    return TaskPage(tasks, marker or None, next_marker if truncated else None)
+        raise malformed("a taskId appears twice in one page", body, text)
+    return TaskPage(tasks, listing.marker, listing.next_marker)
 
 
 def parse_progress(task_id: str, body: Any, text: bytes = b"") -> float | None:

@@ -60,7 +60,7 @@ TASK_HOSTILE: dict[str, tuple[tuple[Reply, ...], str, bool]] = {
     ),
     "a truncated page without its nextMarker": (
         (json_answer(200, tasks_page(task(), isTruncated=True)),),
-        "'pageInfo.isTruncated' is true but 'nextMarker' is missing",
+        "'pageInfo.isTruncated' is true but 'pageInfo.nextMarker' is missing",
         True,
     ),
     "markers that cycle": (
