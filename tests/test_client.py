@@ -58,6 +58,30 @@ def test_walk_yields_each_job_once_in_order_with_minimal_requests(fake_api: Fake
     assert [page.is_last for page in pages] == [False] * 25 + [True]
 
 
+def test_a_netrc_entry_for_the_host_does_not_replace_the_signature(
+    fake_api: FakeFactory, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests would send ~/.netrc's credentials for the host as Basic auth in place of the
+    signed Authorization header; qfsync's session does not read netrc."""
+    api = fake_api(150)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password something\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert len(job_ids(walk_all(api))) == 150
+
+
+def test_proxies_come_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy variables still apply (read when the client is made, not on every request),
+    and NO_PROXY still exempts a host."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    with Client(DEMO, "https://qianfan.example", FAST) as client:
+        assert client.session.proxies.get("https") == "http://proxy.example:3128"
+    with Client(DEMO, "https://internal.example", FAST) as client:
+        assert not client.session.proxies
+
+
 def test_walk_passes_each_next_marker_back(fake_api: FakeFactory) -> None:
     """Each request after the first carries the previous page's nextMarker; the first none."""
     api = fake_api(250)
