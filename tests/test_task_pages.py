@@ -92,7 +92,7 @@ def test_a_malformed_task_is_refused_naming_the_field(bad, named):
         (page(item(), item()), "a taskId appears twice"),
         (page(item(), isTruncated="yes"), "isTruncated"),
         ({"result": {"taskList": {}, "pageInfo": {}}}, "taskList"),
-        (page(item(), isTruncated=True), "'nextMarker' is missing"),
+        (page(item(), isTruncated=True), "'pageInfo.nextMarker' is missing"),
     ],
 )
 def test_a_malformed_task_page_is_refused(body, named):
