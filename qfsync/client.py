@@ -118,20 +118,10 @@ class JobQuery:
         return body
 
 
-# Why a request was retried, as metrics label it (the values of `retry_reason`).
+# Why a request was retried, as metrics label it (TransientError.reason).
 RETRY_REASONS = ("connection", "throttled", "server_error", "malformed")
-
-
-def retry_reason(exc: TransientError) -> str:
-    """The kind of a transient failure, read from the message `Client._attempt` gave it."""
-    if isinstance(exc, MalformedResponse):
-        return "malformed"
-    text = str(exc)
-    if text.startswith(("HTTP 429 ", "API error 18:")):
-        return "throttled"
-    if text.startswith("cannot reach "):
-        return "connection"
-    return "server_error"
+# Old-style code for the QPS limit: throttling, as a 429 is.
+THROTTLED_OLD_CODE = "18"
 
 
 @dataclass
@@ -142,7 +132,7 @@ class ClientStats:
     waited_s: float = 0.0
 
     def retried(self, exc: TransientError, delay_s: float) -> None:
-        self.retries[retry_reason(exc)] += 1
+        self.retries[exc.reason] += 1
         self.waited_s += delay_s
 
 
@@ -284,7 +274,7 @@ class Client:
     def _transfer_failure(self, exc: BaseException, answered: bool) -> TransientError:
         kind = type(exc).__name__
         if not answered:
-            return TransientError(f"cannot reach {self.base_url}: {kind}")
+            return TransientError(f"cannot reach {self.base_url}: {kind}", reason="connection")
         if isinstance(exc, requests.exceptions.ContentDecodingError):
             return TransientError(
                 f"the answer from {self.base_url} does not decode as its Content-Encoding "
@@ -341,8 +331,12 @@ class Client:
             or text_of(headers.get("X-Bce-Request-Id"))
         )
         if status in RETRY_STATUSES or old_code in RETRY_OLD_CODES:
+            throttled = status == 429 or old_code == THROTTLED_OLD_CODE
             raise TransientError(
-                f"HTTP {status} {code}: {message}", retry_after(response), request_id
+                f"HTTP {status} {code}: {message}",
+                retry_after(response),
+                request_id,
+                reason="throttled" if throttled else "server_error",
             )
         hint = HINTS.get(code)
         raise ApiError(code, message, request_id, status, hint and hint.format(action=action))

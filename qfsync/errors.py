@@ -89,10 +89,17 @@ class TransientError(QfsyncError):
     """A failure worth retrying: connection error, throttling, server error, malformed page."""
 
     def __init__(
-        self, message: str, retry_after: float | None = None, request_id: str | None = None
+        self,
+        message: str,
+        retry_after: float | None = None,
+        request_id: str | None = None,
+        reason: str = "server_error",
     ):
         self.retry_after = retry_after  # seconds the server asked for, if it did
         self.request_id = request_id  # the API's id of the failed request, if it answered
+        # What kind of failure, as the metrics count retries: connection, throttled,
+        # server_error or malformed (client.RETRY_REASONS); said where it is raised.
+        self.reason = reason
         super().__init__(message)
 
 
@@ -106,7 +113,8 @@ class MalformedResponse(TransientError):
     def __init__(self, problem: str, excerpt: str = ""):
         self.problem, self.excerpt = problem, excerpt
         super().__init__(
-            f"malformed response: {problem}" + (f"; got: {excerpt}" if excerpt else "")
+            f"malformed response: {problem}" + (f"; got: {excerpt}" if excerpt else ""),
+            reason="malformed",
         )
 
 

@@ -400,6 +400,33 @@ def test_stop_event_ends_a_request_or_backoff_at_once(
     assert len(server.bodies) == 1
 
 
+# --- what a retry is counted as ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (json_answer(429, {"code": "Throttled"}, {"Retry-After": "0"}), "throttled"),
+        (json_answer(200, {"error_code": 18, "error_msg": "qps"}), "throttled"),
+        (json_answer(200, {"error_code": "18", "error_msg": "qps"}), "throttled"),
+        (json_answer(200, {"error_code": 336100, "error_msg": "busy"}), "server_error"),
+        (json_answer(503, {"code": "Unavailable"}), "server_error"),
+        (answer(200, b"{not json"), "malformed"),
+        (raw(b""), "connection"),
+    ],
+    ids=["429", "old 18", "old '18'", "old 336100", "503", "not JSON", "hung up"],
+)
+def test_each_retry_is_counted_under_the_reason_its_answer_gives(
+    hostile: Any, reply: Reply, reason: str
+) -> None:
+    """The metrics' retries by reason: the QPS code 18 is throttling as a 429 is, whatever
+    its JSON type."""
+    server = hostile(reply, answer(200, PAGE))
+    with Client(DEMO, server.url, QUICK, sleep=lambda _: None) as client:
+        list(walk(client, JobQuery()))
+    assert client.stats.retries == {reason: 1}
+
+
 # --- redirects --------------------------------------------------------------------------------
 
 
