@@ -7,7 +7,7 @@ finished_at), and records when each job's tasks were listed. Plain statements, t
 every dialect: a page of jobs holds a few hundred tasks at most.
 """
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,10 +21,8 @@ from .schema import (
     finetuning_task_versions,
     finetuning_tasks,
 )
-from .store import Scope
+from .store import Scope, chunks
 from .task_pages import FINAL_STATUSES, Task
-
-CHUNK = 500  # ids per IN (...) list
 
 tc, vc, lc = finetuning_tasks.c, finetuning_task_versions.c, finetuning_task_lists.c
 
@@ -42,11 +40,6 @@ class TaskCounts:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         return self
-
-
-def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def unfinished() -> Any:
