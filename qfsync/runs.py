@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from . import __version__
 from .errors import LockLost
 from .schema import sync_runs
-from .store import Counts, Scope
+from .store import Scope
 from .task_store import TaskCounts
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
@@ -127,28 +127,6 @@ def check_fenced(rowcount: int, run_id: int) -> None:
             "the lock and closed it, e.g. after the database restarted); stopping without "
             "writing this page"
         )
-
-
-def record_page(
-    connection: Connection, run_id: int, seen: int, counts: Counts, next_marker: str | None
-) -> None:
-    """The page's progress, in the page's transaction; fenced, so a run that lost its lock
-    writes no further page."""
-    c = sync_runs.c
-    updated = connection.execute(
-        update(sync_runs)
-        .where(still_running(run_id))
-        .values(
-            pages=c.pages + 1,
-            jobs_seen=c.jobs_seen + seen,
-            jobs_inserted=c.jobs_inserted + counts.inserted,
-            jobs_updated=c.jobs_updated + counts.updated,
-            jobs_unchanged=c.jobs_unchanged + counts.unchanged,
-            next_marker=next_marker,
-            progress_at=utcnow(),
-        )
-    )
-    check_fenced(updated.rowcount, run_id)
 
 
 def record_tasks(connection: Connection, run_id: int, counts: TaskCounts) -> None:

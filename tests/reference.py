@@ -1,6 +1,6 @@
 """The plain page writer the fast ones are checked against: qfsync's first write path, kept
 as it was (SQLAlchemy Core, one lookup, Python classification, then each kind of row), plus the
-run's progress as `runs.record_page` writes it."""
+run's progress as `record_page` writes it, fenced as every writer's is."""
 
 import hashlib
 import json
@@ -13,7 +13,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from qfsync import runs
 from qfsync.pages import Job
-from qfsync.schema import VERSIONED_FIELDS, finetuning_job_versions, finetuning_jobs
+from qfsync.schema import VERSIONED_FIELDS, finetuning_job_versions, finetuning_jobs, sync_runs
 from qfsync.store import Counts, among
 
 UPSERT_COLUMNS = (
@@ -46,8 +46,30 @@ class ReferenceWriter:
         next_marker: str | None,
     ) -> Counts:
         counts = write_jobs(connection, list(jobs), run_id, now)
-        runs.record_page(connection, run_id, len(jobs), counts, next_marker)
+        record_page(connection, run_id, len(jobs), counts, next_marker)
         return counts
+
+
+def record_page(
+    connection: Connection, run_id: int, seen: int, counts: Counts, next_marker: str | None
+) -> None:
+    """The page's progress, in the page's transaction; fenced, so a run that lost its lock
+    writes no further page."""
+    c = sync_runs.c
+    updated = connection.execute(
+        update(sync_runs)
+        .where(runs.still_running(run_id))
+        .values(
+            pages=c.pages + 1,
+            jobs_seen=c.jobs_seen + seen,
+            jobs_inserted=c.jobs_inserted + counts.inserted,
+            jobs_updated=c.jobs_updated + counts.updated,
+            jobs_unchanged=c.jobs_unchanged + counts.unchanged,
+            next_marker=next_marker,
+            progress_at=runs.utcnow(),
+        )
+    )
+    runs.check_fenced(updated.rowcount, run_id)
 
 
 def upsert(connection: Connection, rows: list[dict[str, Any]]) -> None:

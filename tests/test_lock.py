@@ -14,13 +14,13 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import make_url
 from test_faults import assert_exact, runs_of, subprocess_env, wait_for_pages
 
-from qfsync import db, runs
+from qfsync import db, runs, writers
 from qfsync.cli import main
 from qfsync.errors import Interrupted, LockLost, SyncLocked
 from qfsync.fake_api import FakeApi, Faults
 from qfsync.lock import server_lock_key, server_lock_name, sync_lock
 from qfsync.schema import finetuning_job_versions, sync_runs
-from qfsync.store import Counts, Scope
+from qfsync.store import Scope
 from qfsync.syncer import StopFlag
 
 JOBS = 1200
@@ -204,7 +204,7 @@ def test_a_closed_run_is_never_rewritten(engine):
         run_id, _ = runs.start(connection, Scope(), "full", 100, None)
         runs.abandon_stale(connection)
     with pytest.raises(LockLost, match="the sync lock was lost"), engine.begin() as c:
-        runs.record_page(c, run_id, 100, Counts(100), "m")
+        writers.for_dialect(engine.dialect.name).write(c, [], run_id, runs.utcnow(), "m")
     with pytest.raises(LockLost), engine.begin() as connection:
         runs.succeed(connection, run_id, complete=True, deleted=0)
     [run] = runs_of(engine)

@@ -6,12 +6,12 @@ from click.testing import CliRunner
 from sqlalchemy import select
 from test_faults import runs_of
 
-from qfsync import runs
+from qfsync import runs, writers
 from qfsync.cli import main
 from qfsync.errors import Unstorable
 from qfsync.guard import DeleteLimit
 from qfsync.schema import finetuning_jobs
-from qfsync.store import Counts, Scope
+from qfsync.store import Scope
 
 SECRET = "hunter2-Zq9"
 
@@ -67,13 +67,19 @@ def test_job_ids_that_differ_only_in_trailing_spaces(engine, fake_api, run_sync)
     assert run_sync(engine, api).jobs_inserted == 5
 
 
+def failed_at(engine, marker: str) -> None:
+    """A full run that failed after a page whose next marker was `marker`."""
+    with engine.begin() as connection:
+        run_id, _ = runs.start(connection, Scope(), "full", 100, None)
+        writer = writers.for_dialect(engine.dialect.name)
+        writer.write(connection, [], run_id, runs.utcnow(), marker)
+    runs.fail(engine, run_id, "stopped")
+
+
 def test_any_marker_fits(engine):
     """The marker column holds a marker of any length, and a resume reads it back whole."""
     marker = "m" * 5000
-    with engine.begin() as connection:
-        run_id, _ = runs.start(connection, Scope(), "full", 100, None)
-        runs.record_page(connection, run_id, 0, Counts(), marker)
-    runs.fail(engine, run_id, "stopped")
+    failed_at(engine, marker)
     with engine.connect() as connection:
         resume = runs.resume_point(connection, Scope())
     assert resume is not None and resume.marker == marker
@@ -83,10 +89,7 @@ def test_a_long_marker_is_cut_short_in_the_notes(engine, fake_api, run_sync):
     """A resume at a 100 KB marker the API then rejects: both notes name the marker in one
     short line, not a hundred kilobytes of it on stderr and in the logs."""
     marker = "\x1b[2J" + "m" * 100_000
-    with engine.begin() as connection:
-        run_id, _ = runs.start(connection, Scope(), "full", 100, None)
-        runs.record_page(connection, run_id, 0, Counts(), marker)
-    runs.fail(engine, run_id, "stopped")
+    failed_at(engine, marker)
     result = run_sync(engine, fake_api(10), max_delete=DeleteLimit(percent=100))
     assert result.status == "succeeded" and len(result.notes) == 2
     for note in result.notes:

@@ -2,11 +2,11 @@
 
 The fastest way to write a page differs by database, so each dialect has its own module behind
 one small interface; the sync loop asks `for_dialect` once and never branches on the dialect.
-Every writer has the semantics of `qfsync.store.write_jobs` plus `runs.record_page`, which the
-tests keep as the plain reference: new jobs are inserted with version 1; changed ones (another
-content hash, or deleted and listed again) are rewritten, and get a new version when a
-versioned field differs or their current version was closed; unchanged ones only get
-`last_seen_at` and `last_run_id`.
+Every writer has the semantics of the plain reference writer in tests/reference.py (qfsync's
+first write path, and the run's progress as it recorded it): new jobs are inserted with
+version 1; changed ones (another content hash, or deleted and listed again) are rewritten,
+and get a new version when a versioned field differs or their current version was closed;
+unchanged ones only get `last_seen_at` and `last_run_id`.
 """
 
 import json
@@ -59,7 +59,7 @@ class PageWriter(Protocol):
         now: datetime,
         next_marker: str | None,
     ) -> Counts:
-        """Write the page and add it to the run's progress, fenced as `runs.record_page` is:
+        """Write the page and add it to the run's progress, fenced (`runs.still_running`):
         only while the run is still `running`, else raise LockLost (`runs.check_fenced`). The
         page's commit need not wait for the disk: the next sync would write it again (see "How
         a sync behaves" in the README)."""
