@@ -105,7 +105,8 @@ def walk_tasks(
         fresh = [task for task in page.tasks if task.task_id not in previous_ids]
         previous_ids = {task.task_id for task in page.tasks}
         next_marker = page.next_marker
-        if next_marker is not None and next_marker in markers | {marker}:
+        # `markers` holds every marker followed so far, this page's own included.
+        if next_marker is not None and next_marker in markers:
             raise PagingError(
                 f"the tasks of job {job_id}: the API returned the marker {next_marker!r:.60} "
                 "again; stopping rather than looping"
