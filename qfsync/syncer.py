@@ -122,8 +122,18 @@ def newest_first(jobs: list[Job], after: datetime | None = None) -> bool:
     return all(a >= b for a, b in zip(times, times[1:], strict=False))
 
 
-def prefetched(pages: Iterator[Page], halt: threading.Event) -> Generator[Page, None, None]:
-    """Fetch the next page in a thread while the caller writes this one."""
+@dataclass(slots=True)
+class Ready:
+    """A page checked against its columns, with its values as the page writer sends them."""
+
+    page: Page
+    prepared: Any
+
+
+def prefetched(
+    pages: Iterator[Page], halt: threading.Event, ready: Callable[[Page], Ready]
+) -> Generator[Ready, None, None]:
+    """Fetch and prepare the next pages in a thread while the caller writes this one."""
     slots: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_PAGES)
     done = object()
 
@@ -139,7 +149,7 @@ def prefetched(pages: Iterator[Page], halt: threading.Event) -> Generator[Page, 
     def produce() -> None:
         try:
             for page in pages:
-                if not put(page):
+                if not put(ready(page)):
                     return
             put(done)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
@@ -329,18 +339,24 @@ class Sync:
             return exc
         return QfsyncError(f"internal error: {type(exc).__name__}: {exc}")
 
-    def _write(self, result: SyncResult, page: Page, run_id: int) -> Counts:
+    def _ready(self, page: Page) -> Ready:
+        """Check the page against its columns and prepare it for the writer (on the fetch
+        thread, but for the first page)."""
+        fits.check_page(page.jobs, page.next_marker, self.engine.dialect.name)
+        return Ready(page, self.writer.prepare(page.jobs))
+
+    def _write(self, result: SyncResult, ready: Ready, run_id: int) -> Counts:
         """Commit one page, its jobs' tasks (with --tasks) and the run's progress in one
         transaction, through the database's page writer. The progress update is fenced: a run
         that lost its lock writes nothing more."""
-        fits.check_page(page.jobs, page.next_marker, self.engine.dialect.name)
+        page = ready.page
         listings = self._fetch_tasks(page)
         if self._pages is None:
             self._pages = self.engine.connect()
         connection = self._pages
         with connection.begin():
             counts = self.writer.write(
-                connection, page.jobs, run_id, runs.utcnow(), page.next_marker
+                connection, ready.prepared, run_id, runs.utcnow(), page.next_marker
             )
             task_counts = self._write_tasks(connection, listings, run_id)
         result.add(len(page.jobs), counts)
@@ -419,11 +435,11 @@ class Sync:
         pages, restarted_at = self._first_page(query, marker, result, started_at)
         walk_started_at = restarted_at or walk_started_at
         first = next(pages)
-        ahead = prefetched(pages, self.stop.event) if not first.is_last else None
+        ahead = prefetched(pages, self.stop.event, self._ready) if not first.is_last else None
         try:
-            for page in chain([first], ahead or ()):
-                self._write(result, page, result.run_id)
-                if page.is_last:
+            for ready in chain([self._ready(first)], ahead or ()):
+                self._write(result, ready, result.run_id)
+                if ready.page.is_last:
                     # The pages stay committed whatever happens here: a refused deletion fails
                     # the run, and the next full sync walks from the start.
                     with self.engine.begin() as connection:
@@ -467,7 +483,7 @@ class Sync:
             times = [job.created_at for job in page.jobs if job.created_at is not None]
             newest = times[-1] if times else newest
             done = page.is_last
-            counts = self._write(result, page, result.run_id)
+            counts = self._write(result, self._ready(page), result.run_id)
             if counts.changed == 0 or done:
                 self._refresh_unfinished(result)
                 with self.engine.begin() as connection:

@@ -37,6 +37,9 @@ def reference_hash(item: dict[str, Any]) -> str:
 
 
 class ReferenceWriter:
+    def prepare(self, jobs: Sequence[Job]) -> Sequence[Job]:
+        return jobs
+
     def write(
         self,
         connection: Connection,

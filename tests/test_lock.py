@@ -204,7 +204,8 @@ def test_a_closed_run_is_never_rewritten(engine):
         run_id, _ = runs.start(connection, Scope(), "full", 100, None)
         runs.abandon_stale(connection)
     with pytest.raises(LockLost, match="the sync lock was lost"), engine.begin() as c:
-        writers.for_dialect(engine.dialect.name).write(c, [], run_id, runs.utcnow(), "m")
+        writer = writers.for_dialect(engine.dialect.name)
+        writer.write(c, writer.prepare([]), run_id, runs.utcnow(), "m")
     with pytest.raises(LockLost), engine.begin() as connection:
         runs.succeed(connection, run_id, complete=True, deleted=0)
     [run] = runs_of(engine)

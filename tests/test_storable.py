@@ -72,7 +72,7 @@ def failed_at(engine, marker: str) -> None:
     with engine.begin() as connection:
         run_id, _ = runs.start(connection, Scope(), "full", 100, None)
         writer = writers.for_dialect(engine.dialect.name)
-        writer.write(connection, [], run_id, runs.utcnow(), marker)
+        writer.write(connection, writer.prepare([]), run_id, runs.utcnow(), marker)
     runs.fail(engine, run_id, "stopped")
 
 

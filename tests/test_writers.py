@@ -54,7 +54,9 @@ def sync(engine: Engine, writer: PageWriter, items: Items, run_id: int) -> list[
         jobs = [parse_job(item, i) for i, item in enumerate(items[start : start + PAGE])]
         last = start + PAGE >= len(items)
         with engine.begin() as connection:
-            written = writer.write(connection, jobs, run_id, now, None if last else f"m{start}")
+            written = writer.write(
+                connection, writer.prepare(jobs), run_id, now, None if last else f"m{start}"
+            )
             counts.append((written.inserted, written.updated, written.unchanged))
             if last:
                 mark_deleted(connection, Scope(), now, run_id, now, EVERYTHING)
@@ -146,7 +148,7 @@ def test_a_run_no_longer_running_stops_the_page(engine):
         connection.execute(sync_runs.update().values(status="failed"))
     jobs = [parse_job(item, i) for i, item in enumerate(FakeApi(5).job_list())]
     with pytest.raises(LockLost, match="run 1 is no longer"), engine.begin() as connection:
-        writer.write(connection, jobs, 1, T0, None)
+        writer.write(connection, writer.prepare(jobs), 1, T0, None)
     with engine.connect() as connection:
         assert connection.scalar(select(text("count(*)")).select_from(finetuning_jobs)) == 0
 
@@ -203,7 +205,7 @@ def test_postgresql_page_stays_a_primary_key_lookup_as_the_table_grows(engine):
             connection.execute(text("ANALYZE finetuning_jobs, finetuning_job_versions"))
         for page in range(500):
             with connection.begin():
-                writer.write(connection, synthetic(PAGE, page * PAGE), 1, T0, "m")
+                writer.write(connection, writer.prepare(synthetic(PAGE, page * PAGE)), 1, T0, "m")
         driver = connection.connection.driver_connection
         [(name, generic)] = driver.execute(
             "SELECT name, generic_plans FROM pg_prepared_statements"
@@ -277,7 +279,7 @@ def test_postgresql_pages_commit_without_waiting_for_the_disk(engine):
     with engine.begin() as connection:
         start_run(connection, 1, T0)
     with engine.begin() as connection:
-        writer.write(connection, synthetic(5), 1, T0, None)
+        writer.write(connection, writer.prepare(synthetic(5)), 1, T0, None)
         assert connection.scalar(text("SHOW synchronous_commit")) == "off"
     with engine.connect() as connection:  # SET LOCAL: nothing outlives the page's transaction
         assert connection.scalar(text("SHOW synchronous_commit")) == "on"

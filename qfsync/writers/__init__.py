@@ -51,10 +51,16 @@ def driver_errors(connection: Connection) -> Iterator[None]:
 
 
 class PageWriter(Protocol):
+    def prepare(self, jobs: Sequence[Job]) -> Any:
+        """What `write` takes: the page's values in the form this database's writer sends,
+        computed on the fetch thread while the previous page is being written (hashing and
+        encoding a page costs about as much as the database's work on it)."""
+        ...
+
     def write(
         self,
         connection: Connection,
-        jobs: Sequence[Job],
+        prepared: Any,
         run_id: int,
         now: datetime,
         next_marker: str | None,

@@ -8,10 +8,14 @@ planner would otherwise pick a hash join of the page against the whole table, wh
 with the table.
 """
 
+import struct
+import weakref
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from sqlalchemy import Connection
 
 from ..pages import Job, content_hash
@@ -123,33 +127,97 @@ PLAN_SETTINGS = (
 )
 
 
+# The page's columns in PostgreSQL's binary array format, built by `prepare` on the fetch thread
+# while the server works on the previous page: the same bytes psycopg's own list dumpers make,
+# which cost the writing thread about a third of its time. Text goes as UTF-8, the client
+# encoding db.py sets.
+TEXT_OID, TIMESTAMPTZ_OID = 25, 1184
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+NULL = struct.pack("!i", -1)
+
+
+class TextArray(bytes):
+    """A text[] already in binary form."""
+
+
+class TimestamptzArray(bytes):
+    """A timestamptz[] already in binary form."""
+
+
+class _TextArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = 1009  # text[]
+
+    def dump(self, obj: bytes) -> bytes:
+        return obj
+
+
+class _TimestamptzArrayDumper(_TextArrayDumper):
+    oid = 1185  # timestamptz[]
+
+
+def _array(oid: int, elements: list[bytes | None]) -> bytes:
+    if not elements:
+        return struct.pack("!iiI", 0, 0, oid)
+    has_null = None in elements
+    parts = [struct.pack("!iiIii", 1, has_null, oid, len(elements), 1)]
+    for element in elements:
+        if element is None:
+            parts.append(NULL)
+        else:
+            parts += (struct.pack("!i", len(element)), element)
+    return b"".join(parts)
+
+
+def text_array(values: list[str | None]) -> TextArray:
+    return TextArray(_array(TEXT_OID, [None if v is None else v.encode() for v in values]))
+
+
+def timestamptz_array(values: list[datetime | None]) -> TimestamptzArray:
+    micros = [
+        None if v is None else struct.pack("!q", (v - PG_EPOCH) // timedelta(microseconds=1))
+        for v in values
+    ]
+    return TimestamptzArray(_array(TIMESTAMPTZ_OID, micros))
+
+
 class PostgresqlWriter:
+    def __init__(self) -> None:
+        self._taught: weakref.WeakSet[Any] = weakref.WeakSet()  # connections that know the arrays
+
+    def prepare(self, jobs: Sequence[Job]) -> dict[str, Any]:
+        return {
+            "job_id": text_array([job.job_id for job in jobs]),
+            "name": text_array([job.name for job in jobs]),
+            "description": text_array([job.description for job in jobs]),
+            "model": text_array([job.model for job in jobs]),
+            "train_mode": text_array([job.train_mode for job in jobs]),
+            "created_at": timestamptz_array([job.created_at for job in jobs]),
+            "raw": text_array([raw_text(job.raw) for job in jobs]),
+            "content_hash": text_array([content_hash(job.raw) for job in jobs]),
+        }
+
     def write(
         self,
         connection: Connection,
-        jobs: Sequence[Job],
+        prepared: dict[str, Any],
         run_id: int,
         now: datetime,
         next_marker: str | None,
     ) -> Counts:
-        params: dict[str, Any] = {
-            "job_id": [job.job_id for job in jobs],
-            "name": [job.name for job in jobs],
-            "description": [job.description for job in jobs],
-            "model": [job.model for job in jobs],
-            "train_mode": [job.train_mode for job in jobs],
-            "created_at": [job.created_at for job in jobs],
-            "raw": [raw_text(job.raw) for job in jobs],
-            "content_hash": [content_hash(job.raw) for job in jobs],
-            "now": now,
-            "run_id": run_id,
-            "next_marker": next_marker,
-        }
+        params = {**prepared, "now": now, "run_id": run_id, "next_marker": next_marker}
         driver = connection.connection.driver_connection
         assert driver is not None
+        if driver not in self._taught:
+            driver.adapters.register_dumper(TextArray, _TextArrayDumper)
+            driver.adapters.register_dumper(TimestamptzArray, _TimestamptzArrayDumper)
+            self._taught.add(driver)
         with driver_errors(connection):
-            driver.execute(PLAN_SETTINGS, prepare=True)
-            row = driver.execute(PAGE_SQL, params, prepare=True).fetchone()
+            # Pipelined: the transaction's BEGIN, the settings and the page go in one round trip.
+            with driver.pipeline():
+                driver.execute(PLAN_SETTINGS, prepare=True)
+                cursor = driver.execute(PAGE_SQL, params, prepare=True)
+            row = cursor.fetchone()
         inserted, updated, unchanged, fenced, _ = row
         check_fenced(fenced, run_id)
         return Counts(inserted, updated, unchanged)

@@ -7,7 +7,7 @@ work. A dialect module supplies the upsert, how it stores a time, and its placeh
 """
 
 from collections.abc import Sequence
-from dataclasses import astuple
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -45,6 +45,16 @@ STORED_SQL = (
 TOUCH_SQL = "UPDATE finetuning_jobs SET last_seen_at = ?, last_run_id = ? WHERE job_id IN ({ids})"
 
 
+@dataclass(slots=True)
+class Row:
+    """A job with what its row needs beyond the job, computed by `prepare`."""
+
+    job: Job
+    digest: str
+    raw: str
+    created_at: Any
+
+
 class RowWriter:
     placeholder: ClassVar[str] = "?"
     # INSERT of (job_id, name, description, model, train_mode, created_at, first_seen_at,
@@ -60,10 +70,21 @@ class RowWriter:
         marks = ", ".join("?" * ids)
         return statement.format(ids=marks).replace("?", self.placeholder)
 
+    def prepare(self, jobs: Sequence[Job]) -> list[Row]:
+        return [
+            Row(
+                job,
+                content_hash(job.raw),
+                raw_text(job.raw),
+                None if job.created_at is None else self.stored_time(job.created_at),
+            )
+            for job in jobs
+        ]
+
     def write(
         self,
         connection: Connection,
-        jobs: Sequence[Job],
+        rows: list[Row],
         run_id: int,
         now: datetime,
         next_marker: str | None,
@@ -74,10 +95,10 @@ class RowWriter:
         with driver_errors(connection):
             cursor = driver.cursor()
             try:
-                counts = self._write(cursor, jobs, run_id, stored_now)
+                counts = self._write(cursor, rows, run_id, stored_now)
                 cursor.execute(
                     self.sql(PROGRESS_SQL),
-                    (len(jobs), *astuple(counts), next_marker, stored_now, run_id),
+                    (len(rows), *astuple(counts), next_marker, stored_now, run_id),
                 )
                 fenced = cursor.rowcount
             finally:
@@ -85,45 +106,45 @@ class RowWriter:
         check_fenced(fenced, run_id)
         return counts
 
-    def _write(self, cursor: Any, jobs: Sequence[Job], run_id: int, now: Any) -> Counts:
-        if not jobs:
+    def _write(self, cursor: Any, rows: list[Row], run_id: int, now: Any) -> Counts:
+        if not rows:
             return Counts()
-        ids = [job.job_id for job in jobs]
+        ids = [row.job.job_id for row in rows]
         cursor.execute(self.sql(STORED_SQL, len(ids)), ids)
         stored = dict(cursor.fetchall())
         new, changed, unchanged = [], [], []
-        for job in jobs:
-            known, digest = stored.get(job.job_id), content_hash(job.raw)
+        for row in rows:
+            known = stored.get(row.job.job_id)
             if known is None:
-                new.append((job, digest))
-            elif known != digest:
-                changed.append((job, digest))
+                new.append(row)
+            elif known != row.digest:
+                changed.append(row)
             else:
-                unchanged.append(job.job_id)
+                unchanged.append(row.job.job_id)
         if new or changed:
             cursor.executemany(
                 self.sql(self.upsert_sql),
                 [
                     (
-                        job.job_id,
-                        job.name,
-                        job.description,
-                        job.model,
-                        job.train_mode,
-                        None if job.created_at is None else self.stored_time(job.created_at),
+                        row.job.job_id,
+                        row.job.name,
+                        row.job.description,
+                        row.job.model,
+                        row.job.train_mode,
+                        row.created_at,
                         now,
                         now,
-                        raw_text(job.raw),
-                        digest,
+                        row.raw,
+                        row.digest,
                         run_id,
                     )
-                    for job, digest in new + changed
+                    for row in new + changed
                 ],
             )
         if unchanged:
             cursor.execute(self.sql(TOUCH_SQL, len(unchanged)), [now, run_id, *unchanged])
-        opened = [(job, 1) for job, _ in new]
-        opened += self._next_versions(cursor, [job for job, _ in changed], now)
+        opened = [(row.job, 1) for row in new]
+        opened += self._next_versions(cursor, [row.job for row in changed], now)
         if opened:
             cursor.executemany(
                 self.sql(OPEN_SQL),
