@@ -197,9 +197,9 @@ finetuning_jobs = Table(
     Index(None, "deleted_at"),
     comment="Every fine-tuning job qfsync has seen, one row per job, current state.",
     # Every sync touches every listed job's last_seen_at: with that column unindexed and room
-    # left in each page, PostgreSQL updates the row in place (a HOT update) instead of
-    # writing a new tuple and an entry in every index.
-    postgresql_with={"fillfactor": 70},
+    # left in each page for a new version of each of its rows, PostgreSQL updates the row in
+    # place (a HOT update) instead of writing a new tuple and an entry in every index.
+    postgresql_with={"fillfactor": 50},
     **MYSQL_TABLE,
 )
 
