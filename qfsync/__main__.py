@@ -1,3 +1,3 @@
-from qfsync.cli import main
+from qfsync.cli import run
 
-main(prog_name="qfsync")
+run()

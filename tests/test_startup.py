@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 from qfsync import db
+from qfsync.cli import main
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi
 
 LOADED = (
@@ -51,3 +52,35 @@ def test_sync_of_a_current_schema_does_not_load_alembic(
     done = run_cli(fake_api(150), "sync", "--database-url", url)
     assert "150 inserted" in done.stdout
     assert done.stderr == "['sqlalchemy']"
+
+
+def program(*args: str, stdout: int | None = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+    """`qfsync ARGS` as the installed program runs it (`qfsync.cli.run`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "qfsync", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_program_ends_with_the_commands_status_and_output() -> None:
+    """The program skips the interpreter's teardown, yet its output is complete and its exit
+    status the command's: 0 for help, 2 for a usage error, with its one line."""
+    shown = program("--help")
+    assert (shown.returncode, shown.stderr) == (0, "")
+    listed = [line.split()[0] for line in shown.stdout.split("Commands:\n")[1].splitlines()]
+    assert listed == sorted(main.commands)  # the help's last section, whole
+    refused = program("jobs", "--page-size", "0")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("qfsync: usage error:") and refused.stderr.count("\n") == 1
+
+
+def test_output_a_full_disk_refuses_is_one_line_and_a_failure() -> None:
+    """Even click's own options (--version), which write before any command runs, end with one
+    line on stderr and status 1 when the output cannot be written, never a traceback."""
+    with open("/dev/full", "w") as full:
+        done = program("--version", stdout=full.fileno())
+    assert done.returncode == 1
+    assert done.stderr == "qfsync: error: cannot write the output: No space left on device\n"
