@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from itertools import chain
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, inspect
 from sqlalchemy.exc import SQLAlchemyError
@@ -34,6 +34,7 @@ from .task_sync import Listings, TaskSync
 log = logging.getLogger(__name__)
 
 PREFETCH_PAGES = 2
+T = TypeVar("T")
 
 
 def reason(failure: BaseException) -> str:
@@ -130,15 +131,16 @@ class Ready:
     prepared: Any
 
 
-def prefetched(
-    pages: Iterator[Page], halt: threading.Event, ready: Callable[[Page], Ready]
-) -> Generator[Ready, None, None]:
-    """Fetch and prepare the next pages in a thread while the caller writes this one."""
+def prefetched(items: Iterator[T], halt: threading.Event, name: str) -> Generator[T, None, None]:
+    """Take the next items from `items` in a thread of their own while the caller works on
+    this one; the thread stops when `halt` is set or the caller closes this generator."""
     slots: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_PAGES)
     done = object()
+    # Not `halt` itself: a stage that ends must not stop the stage that takes its items.
+    closed = threading.Event()
 
     def put(item: Any) -> bool:
-        while not halt.is_set():
+        while not (halt.is_set() or closed.is_set()):
             try:
                 slots.put(item, timeout=0.1)
                 return True
@@ -148,8 +150,8 @@ def prefetched(
 
     def produce() -> None:
         try:
-            for page in pages:
-                if not put(ready(page)):
+            for item in items:
+                if not put(item):
                     return
             put(done)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
@@ -157,7 +159,7 @@ def prefetched(
 
     # In the caller's context, so that the fetch thread's log lines name the run too.
     producer = threading.Thread(
-        target=contextvars.copy_context().run, args=(produce,), name="qfsync-fetch", daemon=True
+        target=contextvars.copy_context().run, args=(produce,), name=name, daemon=True
     )
     producer.start()
     try:
@@ -174,7 +176,7 @@ def prefetched(
                 raise item
             yield item
     finally:
-        halt.set()
+        closed.set()
         producer.join(timeout=5)
 
 
@@ -340,8 +342,8 @@ class Sync:
         return QfsyncError(f"internal error: {type(exc).__name__}: {exc}")
 
     def _ready(self, page: Page) -> Ready:
-        """Check the page against its columns and prepare it for the writer (on the fetch
-        thread, but for the first page)."""
+        """Check the page against its columns and prepare it for the writer (on a thread of
+        its own, but for the first page)."""
         fits.check_page(page.jobs, page.next_marker, self.engine.dialect.name)
         return Ready(page, self.writer.prepare(page.jobs))
 
@@ -435,7 +437,17 @@ class Sync:
         pages, restarted_at = self._first_page(query, marker, result, started_at)
         walk_started_at = restarted_at or walk_started_at
         first = next(pages)
-        ahead = prefetched(pages, self.stop.event, self._ready) if not first.is_last else None
+        # Two stages, each in a thread: fetching the next page, and preparing the one before
+        # it, so that neither waits for the other (with 20 ms per request, preparing a page
+        # on the fetching thread made every request later) nor for the database.
+        halt = self.stop.event
+        ahead = (
+            prefetched(
+                map(self._ready, prefetched(pages, halt, "qfsync-fetch")), halt, "qfsync-prepare"
+            )
+            if not first.is_last
+            else None
+        )
         try:
             for ready in chain([self._ready(first)], ahead or ()):
                 self._write(result, ready, result.run_id)
@@ -458,8 +470,10 @@ class Sync:
                 self._stop_if_asked()
         finally:
             # Closed here, in this thread: a generator left to the garbage collector may be
-            # finalized on the fetch thread, which cannot join itself.
+            # finalized on the fetch thread, which cannot join itself. The stop event first: it
+            # ends both stages, and a request in flight, at once.
             if ahead is not None:
+                halt.set()
                 ahead.close()
         # The prefetch stops early only when asked to; never report such a walk as finished.
         raise self.stop.reason or QfsyncError("the walk stopped before its last page")
