@@ -734,6 +734,8 @@ def run() -> None:
         code = 1
     atexit._run_exitfuncs()  # logging's last flush among them
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with the descriptor closed (`>&-`)
+            continue
         try:
             stream.flush()
         except BrokenPipeError:

@@ -84,3 +84,16 @@ def test_output_a_full_disk_refuses_is_one_line_and_a_failure() -> None:
         done = program("--version", stdout=full.fileno())
     assert done.returncode == 1
     assert done.stderr == "qfsync: error: cannot write the output: No space left on device\n"
+
+
+def test_a_closed_stdout_is_no_failure_of_its_own() -> None:
+    """Started with stdout closed (`qfsync --version >&-`, a daemon's setup), Python has no
+    sys.stdout; the exit still succeeds quietly, as the interpreter's own exit did."""
+    done = subprocess.run(
+        [sys.executable, "-m", "qfsync", "--version"],
+        preexec_fn=lambda: os.close(1),  # noqa: PLW1509 - the child only closes a descriptor
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
