@@ -53,7 +53,7 @@ def driver_errors(connection: Connection) -> Iterator[None]:
 class PageWriter(Protocol):
     def prepare(self, jobs: Sequence[Job]) -> Any:
         """What `write` takes: the page's values in the form this database's writer sends,
-        computed on the fetch thread while the previous page is being written (hashing and
+        computed on a thread of its own while the previous page is being written (hashing and
         encoding a page costs about as much as the database's work on it)."""
         ...
 

@@ -127,8 +127,8 @@ PLAN_SETTINGS = (
 )
 
 
-# The page's columns in PostgreSQL's binary array format, built by `prepare` on the fetch thread
-# while the server works on the previous page: the same bytes psycopg's own list dumpers make,
+# The page's columns in PostgreSQL's binary array format, built by `prepare` on a thread of its
+# own while the server works on the previous page: the same bytes psycopg's own list dumpers make,
 # which cost the writing thread about a third of its time. Text goes as UTF-8, the client
 # encoding db.py sets.
 TEXT_OID, TIMESTAMPTZ_OID = 25, 1184
