@@ -89,6 +89,15 @@ def server_pids(names: tuple[str, ...]) -> list[int]:
     return pids
 
 
+def settled(names: tuple[str, ...], before: list[int], timeout_s: float = 5.0) -> None:
+    """Wait until the server processes that started during a run have ended: a backend's CPU
+    reaches its parent's (counted) only once it has exited and been reaped, which may come a
+    little after the client's own exit (qfsync's is immediate: see cli.run)."""
+    deadline = time.monotonic() + timeout_s
+    while set(server_pids(names)) - set(before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def watch_peak(pid: int, done: threading.Event, peak_kb: list[int]) -> None:
     """The child's peak RSS: its VmHWM, read every 10 ms until it exits. Not ru_maxrss, which
     on Linux starts from the RSS of the forking parent (this bench, about 60 MB with its drivers
@@ -150,6 +159,8 @@ def measure(
         errors_text = (OUT / "child.err").read_text()[-2000:]
         raise SystemExit(f"bench: {' '.join(command)} exited {child.returncode}:\n{errors_text}")
     cpu = usage.ru_utime + usage.ru_stime
+    if server:
+        settled(server, servers)
     return Run(
         wall,
         cpu,
