@@ -176,10 +176,13 @@ def _postgresql_settings(dbapi_connection, _record) -> None:  # type: ignore[no-
     # (The PostgreSQL page writer keeps one generic plan instead, with sequential scans ruled
     # out for its transactions: see PLAN_SETTINGS in writers/postgresql.py.)
     # The page writer sends text in binary arrays it encodes itself, as UTF-8.
+    from .writers.postgresql import prepare_connection
+
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET plan_cache_mode = force_custom_plan")
         cursor.execute("SET client_encoding = 'UTF8'")
     dbapi_connection.commit()  # a SET inside a transaction that is rolled back is undone
+    prepare_connection(dbapi_connection)
 
 
 # The newest migration in migrations/versions. Reading the database's revision needs no

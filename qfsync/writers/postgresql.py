@@ -9,7 +9,6 @@ with the table.
 """
 
 import struct
-import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -169,6 +168,12 @@ def _array(oid: int, elements: list[bytes | None]) -> bytes:
     return b"".join(parts)
 
 
+def prepare_connection(driver: Any) -> None:
+    """Teach a new connection (db.py's connect event) to send the pre-encoded arrays as is."""
+    driver.adapters.register_dumper(TextArray, _TextArrayDumper)
+    driver.adapters.register_dumper(TimestamptzArray, _TimestamptzArrayDumper)
+
+
 def text_array(values: list[str | None]) -> TextArray:
     return TextArray(_array(TEXT_OID, [None if v is None else v.encode() for v in values]))
 
@@ -182,9 +187,6 @@ def timestamptz_array(values: list[datetime | None]) -> TimestamptzArray:
 
 
 class PostgresqlWriter:
-    def __init__(self) -> None:
-        self._taught: weakref.WeakSet[Any] = weakref.WeakSet()  # connections that know the arrays
-
     def prepare(self, jobs: Sequence[Job]) -> dict[str, Any]:
         return {
             "job_id": text_array([job.job_id for job in jobs]),
@@ -208,10 +210,6 @@ class PostgresqlWriter:
         params = {**prepared, "now": now, "run_id": run_id, "next_marker": next_marker}
         driver = connection.connection.driver_connection
         assert driver is not None
-        if driver not in self._taught:
-            driver.adapters.register_dumper(TextArray, _TextArrayDumper)
-            driver.adapters.register_dumper(TimestamptzArray, _TimestamptzArrayDumper)
-            self._taught.add(driver)
         with driver_errors(connection):
             # Pipelined: the transaction's BEGIN, the settings and the page go in one round trip.
             with driver.pipeline():
