@@ -231,36 +231,49 @@ class Sqlite:
         return f"SQLite {sqlite3.sqlite_version}"
 
 
-class Postgres:
-    """A fresh database per measurement, created and dropped through the `test` database."""
+class ServerDatabase:
+    """A fresh database per measurement on a database server, created and dropped through the
+    server's `test` database. A subclass says which server and how it names things."""
 
-    name = "postgres"
-    server = ("postgres", "postmaster")
+    name: str
+    server: tuple[str, ...]  # the server's process names, for its CPU
+    label: str
+    url: str
+    setting: str  # the environment variable that overrides `url`
+    driver: str  # SQLAlchemy's name for the driver qfsync uses
+    create_options = ""
+    drop_options = ""
+    version_sql: str
 
     def __init__(self) -> None:
-        url = make_url(POSTGRES_URL).set(drivername="postgresql+psycopg")
-        self.admin = create_engine(url, isolation_level="AUTOCOMMIT")
-        self.base = url
+        self.base = make_url(self.url)
+        self.admin = create_engine(self.sqlalchemy_url(self.url), isolation_level="AUTOCOMMIT")
         try:
             self.admin.connect().close()
         except OperationalError:
             raise SystemExit(
-                f"bench: cannot reach PostgreSQL at {POSTGRES_URL}; set QFSYNC_BENCH_POSTGRES_URL"
+                f"bench: cannot reach {self.label} at {self.url}; set {self.setting}"
             ) from None
+
+    def sqlalchemy_url(self, url: str) -> Any:
+        parsed = make_url(url)
+        return parsed.set(drivername=f"{parsed.get_backend_name()}+{self.driver}")
 
     def create(self, tag: str) -> str:
         self.drop(tag)
         with self.admin.connect() as connection:
-            connection.execute(text(f"CREATE DATABASE qfsync_bench_{tag}"))
-        url = self.base.set(drivername="postgresql", database=f"qfsync_bench_{tag}")
+            connection.execute(text(f"CREATE DATABASE qfsync_bench_{tag}{self.create_options}"))
+        url = self.base.set(drivername=self.base.get_backend_name(), database=f"qfsync_bench_{tag}")
         return url.render_as_string(hide_password=False)
 
     def drop(self, tag: str) -> None:
         with self.admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS qfsync_bench_{tag} WITH (FORCE)"))
+            connection.execute(
+                text(f"DROP DATABASE IF EXISTS qfsync_bench_{tag}{self.drop_options}")
+            )
 
     def count(self, url: str, dataset: str | None, table: str, where: str = "") -> int:
-        engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"))
+        engine = create_engine(self.sqlalchemy_url(url))
         with engine.connect() as connection:
             name = f"{dataset}.{table}" if dataset else table
             count = connection.scalar(text(f"SELECT COUNT(*) FROM {name} {where}"))
@@ -269,47 +282,23 @@ class Postgres:
 
     def version(self) -> str:
         with self.admin.connect() as connection:
-            return f"PostgreSQL {connection.scalar(text('SHOW server_version'))}"
+            return f"{self.label} {connection.scalar(text(self.version_sql))}"
 
 
-class Mariadb:
-    """A fresh database per measurement, created and dropped through the server's `test` URL."""
+class Postgres(ServerDatabase):
+    name, label, url, setting = "postgres", "PostgreSQL", POSTGRES_URL, "QFSYNC_BENCH_POSTGRES_URL"
+    server = ("postgres", "postmaster")
+    driver = "psycopg"
+    drop_options = " WITH (FORCE)"
+    version_sql = "SHOW server_version"
 
-    name = "mariadb"
+
+class Mariadb(ServerDatabase):
+    name, label, url, setting = "mariadb", "MariaDB", MYSQL_URL, "QFSYNC_BENCH_MYSQL_URL"
     server = ("mariadbd", "mysqld")
-
-    def __init__(self) -> None:
-        url = make_url(MYSQL_URL).set(drivername="mysql+pymysql")
-        self.admin = create_engine(url, isolation_level="AUTOCOMMIT")
-        self.base = url
-        try:
-            self.admin.connect().close()
-        except OperationalError:
-            raise SystemExit(
-                f"bench: cannot reach MariaDB at {MYSQL_URL}; set QFSYNC_BENCH_MYSQL_URL"
-            ) from None
-
-    def create(self, tag: str) -> str:
-        self.drop(tag)
-        with self.admin.connect() as connection:
-            connection.execute(text(f"CREATE DATABASE qfsync_bench_{tag} CHARACTER SET utf8mb4"))
-        url = self.base.set(drivername="mysql", database=f"qfsync_bench_{tag}")
-        return url.render_as_string(hide_password=False)
-
-    def drop(self, tag: str) -> None:
-        with self.admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS qfsync_bench_{tag}"))
-
-    def count(self, url: str, dataset: str | None, table: str, where: str = "") -> int:
-        engine = create_engine(make_url(url).set(drivername="mysql+pymysql"))
-        with engine.connect() as connection:
-            count = connection.scalar(text(f"SELECT COUNT(*) FROM {table} {where}"))
-        engine.dispose()
-        return int(count or 0)
-
-    def version(self) -> str:
-        with self.admin.connect() as connection:
-            return f"MariaDB {connection.scalar(text('SELECT VERSION()'))}"
+    driver = "pymysql"
+    create_options = " CHARACTER SET utf8mb4"
+    version_sql = "SELECT VERSION()"
 
 
 @dataclass
