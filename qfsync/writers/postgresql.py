@@ -143,15 +143,18 @@ class TimestamptzArray(bytes):
     """A timestamptz[] already in binary form."""
 
 
-class _TextArrayDumper(Dumper):
+class _PreEncodedDumper(Dumper):
     format = Format.BINARY
-    oid = 1009  # text[]
 
     def dump(self, obj: bytes) -> bytes:
         return obj
 
 
-class _TimestamptzArrayDumper(_TextArrayDumper):
+class _TextArrayDumper(_PreEncodedDumper):
+    oid = 1009  # text[]
+
+
+class _TimestamptzArrayDumper(_PreEncodedDumper):
     oid = 1185  # timestamptz[]
 
 
