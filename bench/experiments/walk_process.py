@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import bench  # noqa: E402  (bench/bench.py, beside this directory)
+# bench/bench.py, beside this directory; imported by compare() alone, so that a spawned child,
+# which imports this script again, loads only what the walk needs.
+BENCH = Path(__file__).resolve().parent.parent
 
 
 def produce(pipe: Any, dialect: str) -> None:
@@ -73,11 +73,14 @@ def sync(url: str, start_method: str) -> None:
         with connection.begin():
             runs.succeed(connection, run_id, True, 0)
     child.join()
-    print(f"{item:.1f}")  # the child's peak RSS
+    print(f"{item:.1f}", flush=True)  # the child's peak RSS; os._exit does not flush
     os._exit(0)
 
 
 def compare(jobs: int, rounds: int) -> None:
+    sys.path.insert(0, str(BENCH))
+    import bench
+
     fake = bench.Fake(jobs, 0)
     postgres = bench.Postgres()
     databases = {"postgres": postgres, "sqlite": bench.Sqlite()}
@@ -122,9 +125,12 @@ def compare(jobs: int, rounds: int) -> None:
         wall = statistics.median(run.wall_s for run, _ in measured)
         cpu = statistics.median(run.cpu_s for run, _ in measured)
         server = statistics.median(run.server_cpu_s for run, _ in measured)
+        rss = statistics.median(run.rss_mb for run, _ in measured)
+        child = statistics.median(child_mb for _, child_mb in measured)
         dlt = statistics.median(run.wall_s for run, _ in results[(name, "dlt")])
         print(
             f"{name:8s} {how:13s} wall {wall:6.2f} s  CPU {cpu:6.2f} s  server {server:5.2f} s"
+            f"  peak RSS {rss:5.1f}" + (f" + {child:5.1f}" if child else "") + " MB"
             f"  dlt/this {dlt / wall:4.2f}x"
         )
 
