@@ -39,7 +39,7 @@ def docker_runs() -> bool:
 
 def unavailable(reason: str) -> None:
     if os.environ.get("CI"):
-        pytest.fail(f"{reason} (in CI a missing database is a failure)", pytrace=False)
+        pytest.fail(f"{reason} (in CI a missing database or program is a failure)", pytrace=False)
     pytest.skip(reason)
 
 
