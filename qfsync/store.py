@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     Column,
     ColumnElement,
     Connection,
@@ -21,7 +22,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql
 
 from .errors import DeletionRefused
 from .guard import DeleteLimit
@@ -74,7 +74,7 @@ def among(connection: Connection, column: Column[str], ids: Sequence[str]) -> Co
     keeps the statement short enough for psycopg to cache its parsing, which otherwise costs
     more than the query itself."""
     if connection.dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(String)))
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(String)))
     return column.in_(ids)
 
 

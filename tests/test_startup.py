@@ -14,13 +14,17 @@ LOADED = (
     "import sys\n"
     "from qfsync.cli import main\n"
     "try:\n    main({args!r})\nexcept SystemExit as exit:\n    assert not exit.code, exit\n"
-    "sys.stderr.write(str(sorted({{m.split('.')[0] for m in sys.modules}} & "
-    "{{'sqlalchemy', 'alembic'}})))\n"
+    "loaded = {{m.split('.')[0] for m in sys.modules}} | {{'.'.join(m.split('.')[:3]) "
+    "for m in sys.modules if m.startswith('sqlalchemy.dialects.')}}\n"
+    "sys.stderr.write(str(sorted(loaded & {{'sqlalchemy', 'alembic', "
+    "'sqlalchemy.dialects.mysql', 'sqlalchemy.dialects.postgresql', "
+    "'sqlalchemy.dialects.sqlite'}})))\n"
 )
 
 
 def run_cli(api: FakeApi, *args: str) -> subprocess.CompletedProcess[str]:
-    """The command in a fresh interpreter; its stderr ends with the heavy packages it loaded."""
+    """The command in a fresh interpreter; its stderr ends with the heavy packages it loaded
+    and SQLAlchemy's dialects."""
     env = {
         **os.environ,
         "QIANFAN_CONSOLE_API_BASE_URL": api.url,
@@ -41,17 +45,18 @@ def test_jobs_runs_without_loading_the_database_side(fake_api: Callable[..., Fak
     assert done.stderr == "[]"
 
 
-def test_sync_of_a_current_schema_does_not_load_alembic(
+def test_sync_of_a_current_schema_loads_neither_alembic_nor_other_dialects(
     fake_api: Callable[..., FakeApi], tmp_path
 ) -> None:
-    """A sync checks the schema's revision itself; Alembic loads only when a migration runs."""
+    """A sync checks the schema's revision itself; Alembic loads only when a migration runs.
+    Nor does a SQLite sync load the PostgreSQL and MariaDB dialects (about 85 ms and 4 MB)."""
     url = f"sqlite:///{tmp_path / 'qfsync.db'}"
     engine = db.connect(url)
     db.upgrade(engine)
     engine.dispose()
     done = run_cli(fake_api(150), "sync", "--database-url", url)
     assert "150 inserted" in done.stdout
-    assert done.stderr == "['sqlalchemy']"
+    assert done.stderr == "['sqlalchemy', 'sqlalchemy.dialects.sqlite']"
 
 
 def program(*args: str, stdout: int | None = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
