@@ -2,8 +2,9 @@
 
     QIANFAN_CONSOLE_API_BASE_URL=... python bench/bare_walk.py
 
-One requests.Session, qfsync's signer, orjson; no validation, no records, no output. Prints the
-number of jobs it saw.
+One requests.Session sending a copy of one prepared request (the cheapest way through requests,
+and the way qfsync's client sends), qfsync's signer, orjson; no validation, no records, no
+output. Prints the number of jobs it saw.
 """
 
 import os
@@ -20,6 +21,10 @@ def main() -> None:
     access, secret = os.environ["QIANFAN_ACCESS_KEY"], os.environ["QIANFAN_SECRET_KEY"]
     host = base.split("://", 1)[1]
     session = requests.Session()
+    session.trust_env = False
+    template = session.prepare_request(
+        requests.Request("POST", f"{base}{ROUTE}", params={"Action": ACTION})
+    )
     marker, jobs = None, 0
     while True:
         body: dict[str, object] = {"maxKeys": 100, "pageReverse": False}
@@ -30,9 +35,12 @@ def main() -> None:
         headers["Authorization"] = authorization(
             access, secret, "POST", ROUTE, {"Action": ACTION}, headers, timestamp
         )
-        response = session.post(
-            f"{base}{ROUTE}", params={"Action": ACTION}, data=orjson.dumps(body), headers=headers
-        )
+        request = template.copy()
+        data = orjson.dumps(body)
+        request.headers.update(headers)
+        request.headers["Content-Length"] = str(len(data))
+        request.body = data
+        response = session.send(request)
         result = orjson.loads(response.content)["result"]
         jobs += len(result["jobList"])
         if not result["pageInfo"]["isTruncated"]:

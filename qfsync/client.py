@@ -201,6 +201,7 @@ class Client:
         self.requests_made = 0
         self.stats = ClientStats()
         self.session = new_session(self.base_url)
+        self._templates: dict[str, requests.PreparedRequest] = {}
 
     def close(self) -> None:
         self.session.close()
@@ -216,6 +217,7 @@ class Client:
         and request count, and a throttle shared with its siblings (one 429 pauses them all)."""
         twin = copy.copy(self)
         twin.session = new_session(twin.base_url)
+        twin._templates = {}
         twin.requests_made = 0
         twin.throttle = throttle
         return twin
@@ -235,6 +237,23 @@ class Client:
         )
         return headers
 
+    def _request(self, action: str, body: dict[str, Any]) -> requests.PreparedRequest:
+        """The signed request, from one prepared per action: requests' Session.request merges
+        the session's settings, cookies and hooks into a new request and parses the URL again on
+        every call, a fifth of a walk's CPU. The copy has the session's headers and the URL."""
+        template = self._templates.get(action)
+        if template is None:
+            template = self.session.prepare_request(
+                requests.Request("POST", f"{self.base_url}{ROUTE}", params={"Action": action})
+            )
+            self._templates[action] = template
+        request = template.copy()
+        data = orjson.dumps(body)
+        request.headers.update(self._signed_headers(action))
+        request.headers["Content-Length"] = str(len(data))
+        request.body = data
+        return request
+
     def _exchange(
         self, action: str, body: dict[str, Any], stop: threading.Event | None
     ) -> tuple[requests.Response, bytes]:
@@ -244,11 +263,8 @@ class Client:
         failure: TransientError | None = None
         with Watch(stop, self.limits.deadline_s) as watch:
             try:
-                response = self.session.post(
-                    f"{self.base_url}{ROUTE}",
-                    params={"Action": action},
-                    data=orjson.dumps(body),
-                    headers=self._signed_headers(action),
+                response = self.session.send(
+                    self._request(action, body),
                     timeout=(self.retry.connect_timeout_s, self.retry.read_timeout_s),
                     stream=True,
                     # The signature is bound to the host: another host's answer is not the API's.
