@@ -77,7 +77,7 @@ class LongText(TypeDecorator[str]):
             from sqlalchemy.dialects.mysql import LONGTEXT
 
             return dialect.type_descriptor(LONGTEXT())
-        return dialect.type_descriptor(Text())
+        return super().load_dialect_impl(dialect)
 
 
 JobId = String(128)

@@ -14,7 +14,7 @@ from sqlalchemy import inspect, text
 
 from qfsync import db
 from qfsync.cli import main
-from qfsync.schema import metadata
+from qfsync.schema import LongText, UtcDateTime, metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEWS = {
@@ -34,6 +34,31 @@ def test_head_matches_metadata(engine):
         diff = compare_metadata(MigrationContext.configure(connection), metadata)
         assert diff == []
         assert VIEWS <= set(inspect(connection).get_view_names())
+
+
+# What each dialect must store: unbounded text (MariaDB's TEXT stops at 64 KB) and UTC instants
+# with microseconds. Written out rather than compiled from the MetaData, so that a type that
+# changes on both sides at once (the MetaData and the migrations that use it) is still caught.
+STORED_TYPES = {
+    "postgresql": {LongText: "TEXT", UtcDateTime: "TIMESTAMP WITH TIME ZONE"},
+    "sqlite": {LongText: "TEXT", UtcDateTime: "DATETIME"},
+    "mysql": {LongText: "LONGTEXT", UtcDateTime: "DATETIME(6)"},
+}
+
+
+def test_columns_have_the_storage_types_of_their_dialect(engine):
+    """Every long text and timestamp column, migrated to head, has the type its dialect needs."""
+    expected = STORED_TYPES[engine.dialect.name]
+    inspector = inspect(engine)
+    checked = 0
+    for table in metadata.tables.values():
+        reflected = {column["name"]: column["type"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if type(column.type) in expected:
+                stored = reflected[column.name].compile(dialect=engine.dialect)
+                assert stored == expected[type(column.type)], f"{table.name}.{column.name}"
+                checked += 1
+    assert checked > 20
 
 
 def test_schema_head_is_the_newest_migration():
