@@ -118,6 +118,12 @@ def test_truncated_page_with_next_marker_continues() -> None:
     assert parsed.next_marker == "job-b"
 
 
+def test_integer_beyond_64_bits_is_kept() -> None:
+    """A job holding an integer orjson cannot write is valid JSON, and kept as it came."""
+    item = job(size=2**70)
+    assert parse_page(page([item])).jobs[0].raw == item
+
+
 def test_untruncated_page_is_last_despite_next_marker() -> None:
     """isTruncated false ends the walk whatever nextMarker says."""
     assert parse_page(page([job()], isTruncated=False, nextMarker="job-b")).is_last
@@ -171,6 +177,14 @@ MALFORMED = {
             r' "pageInfo": {"isTruncated": false}}}'
         ),
         "jobList[0]",
+    ),
+    # orjson refuses the integer first; the lone surrogate must still be found, and named.
+    "lone surrogate after an integer beyond 64 bits": (
+        json.loads(
+            r'{"result": {"jobList": [{"jobId": "job-a", "size": 184467440737095516160},'
+            r' {"jobId": "job-b", "tags": ["\udfff"]}], "pageInfo": {"isTruncated": false}}}'
+        ),
+        "jobList[1] holds a lone surrogate",
     ),
 }
 
@@ -338,3 +352,5 @@ def test_any_json_is_a_page_or_malformed(body: Any, with_text: bool) -> None:
         return
     assert isinstance(parsed, Page)
     assert len(parsed.jobs) == len(body["result"]["jobList"])
+    for job in parsed.jobs:  # what a sync stores, and `qfsync jobs` prints, is valid UTF-8
+        json.dumps(job.raw, ensure_ascii=False).encode()
