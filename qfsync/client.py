@@ -3,6 +3,7 @@ and the marker walk over DescribeFineTuningJobs."""
 
 import copy
 import http.client
+import http.cookiejar
 import logging
 import os
 import random
@@ -420,6 +421,16 @@ class Client:
         raise AssertionError("unreachable")
 
 
+class NoRedirectSession(requests.Session):
+    """A session that never looks for where an answer redirects to. qfsync follows no redirect
+    (each request is signed for one host), but requests, told not to follow one, still works
+    out the next request: it reads the redirect's whole body, past any limit, and parses its
+    Location, which raises ValueError on a malformed one. The 3xx is refused in `_attempt`."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
 def new_session(base_url: str) -> requests.Session:
     """One keep-alive session for the API at `base_url`, with the environment read once.
 
@@ -428,13 +439,16 @@ def new_session(base_url: str) -> requests.Session:
     would replace the signed Authorization header. Proxies (HTTPS_PROXY, NO_PROXY, ...) and
     the CA bundle (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE) are honoured as requests honours them.
     """
-    session = requests.Session()
+    session = NoRedirectSession()
     session.trust_env = False
     session.proxies = requests.utils.get_environ_proxies(base_url)
     session.verify = (
         os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     )
     session.headers["User-Agent"] = f"qfsync/{__version__}"
+    # Requests are signed, never carried by a cookie: keep none a server sets, so that none is
+    # sent back, nor piled up by an unattended run.
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     for prefix in ("http://", "https://"):
         session.mount(prefix, WatchedAdapter())
     return session

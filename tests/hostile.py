@@ -24,6 +24,7 @@ class Hostile:
         assert replies, "a hostile server needs at least one reply"
         self.replies = list(replies)
         self.bodies: list[Any] = []  # each request's JSON body, in order
+        self.heads: list[bytes] = []  # each request's line and headers, in order
         self.answered = 0  # replies written to the end
         self.closing = threading.Event()  # set when the server stops: ends hangs and trickles
         self.changed = threading.Condition()
@@ -75,11 +76,12 @@ class Hostile:
 
     def _serve(self, connection: socket.socket) -> None:
         with connection:
-            body = read_request(connection)
-            if body is None:
+            request = read_request(connection)
+            if request is None:
                 return
             with self.changed:
-                self.bodies.append(body)
+                self.heads.append(request[0])
+                self.bodies.append(request[1])
                 reply = self.replies[min(len(self.bodies), len(self.replies)) - 1]
                 self.changed.notify_all()
             try:
@@ -92,8 +94,8 @@ class Hostile:
                 self.changed.notify_all()
 
 
-def read_request(connection: socket.socket) -> Any:
-    """The request's JSON body (its head is not checked), or None if the client left."""
+def read_request(connection: socket.socket) -> tuple[bytes, Any] | None:
+    """The request's head (as sent) and JSON body, or None if the client left."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = connection.recv(65536)
@@ -111,7 +113,7 @@ def read_request(connection: socket.socket) -> Any:
         if not chunk:
             return None
         body += chunk
-    return json.loads(body) if body else {}
+    return head, json.loads(body) if body else {}
 
 
 # --- replies ----------------------------------------------------------------------------------
