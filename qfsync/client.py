@@ -272,7 +272,12 @@ class Client:
                     allow_redirects=False,
                 )
                 with response:  # hands the connection back, or closes it if the body was cut
-                    raw = read_capped(response, self.limits.max_body_bytes)
+                    # A redirect is refused whatever it says (see _attempt), so its body is
+                    # not read: however long, slow or broken, it costs nothing and no retry.
+                    if 300 <= response.status_code < 400:
+                        raw = b""
+                    else:
+                        raw = read_capped(response, self.limits.max_body_bytes)
             except TRANSFER_ERRORS as exc:
                 failure = self._transfer_failure(exc, answered=response is not None)
         # The watch cut the connection (or was about to): whatever was read is not the answer.

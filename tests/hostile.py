@@ -169,24 +169,29 @@ def trickle(data: bytes, every_s: float, prefix: bytes = b"") -> Reply:
     return reply
 
 
-def endless(data: bytes, headers: dict[str, str] | None = None) -> Reply:
+def endless(data: bytes, headers: dict[str, str] | None = None, status: int = 200) -> Reply:
     """`data` over and over, at full speed, until the client goes away."""
 
     def reply(connection: socket.socket, server: Hostile) -> None:
-        connection.sendall(head(200, headers))
+        connection.sendall(head(status, headers))
         while not server.closing.is_set():
             connection.sendall(data)
 
     return reply
 
 
-def bomb(decoded_bytes: int, encoding: str = "gzip") -> Reply:
+def bomb(
+    decoded_bytes: int,
+    encoding: str = "gzip",
+    headers: dict[str, str] | None = None,
+    status: int = 200,
+) -> Reply:
     """A gzip (or zlib "deflate") body of `decoded_bytes` zeros, compressed as it is sent
     (about 1000:1), with no Content-Length: the client has to stop it."""
     wbits = {"gzip": 31, "deflate": 15}[encoding]
 
     def reply(connection: socket.socket, server: Hostile) -> None:
-        connection.sendall(head(200, {"Content-Encoding": encoding}))
+        connection.sendall(head(status, {"Content-Encoding": encoding, **(headers or {})}))
         packer = zlib.compressobj(9, zlib.DEFLATED, wbits)
         block = bytes(1 << 20)
         for _ in range(decoded_bytes >> 20):

@@ -334,12 +334,6 @@ BOMBS = {
     "Content-Length past the limit": raw(
         head(200, {"Content-Length": str(2 << 20)}) + b" " * (2 << 20)
     ),
-    # requests reads a redirect's whole body to work out where it leads, even when it is not
-    # to follow it; qfsync asks it not to look, so this body meets the limit like any other.
-    "redirect with a long body": raw(
-        head(302, {"Location": "http://127.0.0.1:9/", "Content-Length": str(64 << 20)})
-        + b" " * (64 << 20)
-    ),
 }
 
 
@@ -461,6 +455,31 @@ def test_redirect_is_an_error_and_nothing_is_fetched_from_the_other_host(
     assert f"redirects to {location}" in str(caught.value) and caught.value.status == status
     assert elsewhere.request_count == 0 and len(server.bodies) == 1
     assert stored == 0 and run["status"] == "failed" and "redirects to" in run["error"]
+
+
+AWAY = {"Location": "http://127.0.0.1:9/"}
+REDIRECT_BODIES = {
+    "endless": endless(b" " * 65536, AWAY, status=302),
+    "a gzip bomb": bomb(256 << 20, headers=AWAY, status=302),
+    "never sent": trickle(b" " * 100, 3600, prefix=head(302, {**AWAY, "Content-Length": "100"})),
+    "cut short": raw(head(302, {**AWAY, "Content-Length": "100"}) + b"short"),
+    "broken chunked": raw(head(302, {**AWAY, "Transfer-Encoding": "chunked"}) + b"zz\r\n"),
+    "not the gzip it claims": raw(
+        head(302, {**AWAY, "Content-Encoding": "gzip", "Content-Length": "9"}) + b"not gzip!"
+    ),
+}
+
+
+@pytest.mark.parametrize("reply", REDIRECT_BODIES.values(), ids=REDIRECT_BODIES.keys())
+def test_a_redirect_is_refused_without_reading_its_body(hostile: Any, reply: Reply) -> None:
+    """A redirect is a final error whatever its body: one request, no retry, and no wait for a
+    body that is endless, never comes or does not decode (requests itself would read a
+    redirect's whole body, uncapped, to find where it leads)."""
+    server = hostile(reply)
+    with pytest.raises(ApiError) as caught:
+        walk_with(server, Limits(max_body_bytes=1 << 20, deadline_s=5))
+    assert "redirects to http://127.0.0.1:9/" in str(caught.value)
+    assert len(server.bodies) == 1
 
 
 def test_cookies_a_server_sets_are_neither_kept_nor_sent(hostile: Any) -> None:
