@@ -83,7 +83,15 @@ def decode(raw: bytes, max_depth: int) -> Any:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         body = _decode_slowly(raw, max_depth)
-    if nesting_exceeds(body, max_depth):
+        faults = shape_faults(body, max_depth)
+    else:
+        faults = shape_faults(body, max_depth)
+        if faults == ROUNDED:
+            # orjson reads an integer beyond 64 bits as a float; json keeps it exact. Without
+            # this, the same job would be stored, and hashed, differently by which decoder
+            # read its page (a BOM sends a body to json). The nesting is the same either way.
+            body = _decode_slowly(raw, max_depth)
+    if faults & DEEP:
         raise MalformedResponse(
             f"the body is nested deeper than the limit of {max_depth} levels", excerpt(raw)
         )
@@ -116,24 +124,35 @@ def finite(text: str) -> float:
     return value
 
 
-def nesting_exceeds(value: Any, limit: int) -> bool:
-    """True when arrays and objects nest more than `limit` deep (a scalar is depth 0)."""
+# What shape_faults finds, as bits: plain ints, as the walk visits every value of a page.
+ROUNDED = 1  # a float beyond the 64-bit integers: what orjson makes of a larger integer
+DEEP = 2  # arrays and objects nested past the limit
+
+
+def shape_faults(value: Any, limit: int) -> int:
+    """DEEP when arrays and objects nest more than `limit` deep (a scalar is depth 0);
+    otherwise ROUNDED when some float lies outside the 64-bit integers; otherwise 0."""
     kind = type(value)
     if kind is dict:
         children = value.values()
     elif kind is list:
         children = value
+    elif kind is float:
+        return 0 if -(2**63) < value < 2**64 else ROUNDED
     else:
-        return False
+        return 0
     if limit == 0:
-        return True
+        return DEEP
     # Recursion is bounded by `limit`; checking types before the call keeps the scalars that
     # make up nearly all of a page (some 600 of them) to one comparison each.
+    found = 0
     for child in children:
         kind = type(child)
-        if (kind is dict or kind is list) and nesting_exceeds(child, limit - 1):
-            return True
-    return False
+        if kind is dict or kind is list or kind is float:
+            found |= shape_faults(child, limit - 1)
+            if found & DEEP:
+                return DEEP
+    return found
 
 
 def parse_time(value: str) -> datetime:

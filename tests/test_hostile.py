@@ -532,6 +532,21 @@ def test_control_characters_from_the_server_are_stored_escaped(
     assert not UNSAFE.search(run["error"])
 
 
+def test_a_job_reads_the_same_whichever_decoder_reads_its_page(
+    hostile: Any, engine: Engine
+) -> None:
+    """A job holding an integer beyond 64 bits, sent plainly and then after a UTF-8 BOM (which
+    only the stdlib decoder takes), is the same job: the re-sync finds it unchanged."""
+    payload = page(["job-a"])
+    payload["result"]["jobList"][0]["size"] = 2**70
+    data = json.dumps(payload).encode()
+    server = hostile(answer(200, data), answer(200, b"\xef\xbb\xbf" + data))
+    with Client(DEMO, server.url, QUICK) as client:
+        first = Sync(engine, client, JobQuery()).run()
+        again = Sync(engine, client, JobQuery()).run()
+    assert (first.jobs_inserted, again.jobs_unchanged, again.jobs_updated) == (1, 1, 0)
+
+
 def test_every_qfsync_error_is_made_one_safe_line() -> None:
     """QfsyncError and its subclasses escape what they are given, whoever raises them."""
     dirty = "a\x00b\x1b[0mc\nd\u2028e\u202ef\ud800g\x85h"

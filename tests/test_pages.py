@@ -124,6 +124,25 @@ def test_integer_beyond_64_bits_is_kept() -> None:
     assert parse_page(page([item])).jobs[0].raw == item
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("number", [2**64, 2**70, -(2**63) - 1, -(10**30)])
+@pytest.mark.parametrize("prefix", [b"", BOM], ids=["plain", "with a BOM"])
+def test_integer_beyond_64_bits_decodes_exactly(number: int, prefix: bytes) -> None:
+    """orjson reads such an integer as a float and json reads it exactly: a page decodes to the
+    same job (and content hash) whichever decoder reads it, and a BOM sends it to json."""
+    raw = prefix + json.dumps(page([job(size=number)])).encode()
+    [item] = decode(raw, 64)["result"]["jobList"]
+    assert type(item["size"]) is int and item["size"] == number
+
+
+def test_float_beyond_64_bit_integers_stays_a_float() -> None:
+    """A float written as one is kept as one, on the path that reads big integers exactly."""
+    body = decode(b'{"a": 1.5e19, "b": [-1e30], "c": 2}', 64)
+    assert body == {"a": 1.5e19, "b": [-1e30], "c": 2} and type(body["a"]) is float
+
+
 def test_untruncated_page_is_last_despite_next_marker() -> None:
     """isTruncated false ends the walk whatever nextMarker says."""
     assert parse_page(page([job()], isTruncated=False, nextMarker="job-b")).is_last
