@@ -165,6 +165,17 @@ def text_of(value: Any) -> str | None:
     return excerpt(str(value)) or None
 
 
+def redirect_error(response: requests.Response) -> ApiError:
+    location = excerpt(shown_url(response.headers.get("Location") or "nowhere"))
+    return ApiError(
+        "Redirect",
+        f"the endpoint redirects to {location}, and qfsync does not follow redirects "
+        "(each request is signed for one host)",
+        status=response.status_code,
+        hint="Set --endpoint to the console API's own URL",
+    )
+
+
 def read_capped(response: requests.Response, max_bytes: int) -> bytes:
     """The whole body, decompressed, refused as soon as it passes `max_bytes`: urllib3
     decompresses at most a chunk at a time, so a decompression bomb stops at the limit."""
@@ -259,7 +270,8 @@ class Client:
         self, action: str, body: dict[str, Any], stop: threading.Event | None
     ) -> tuple[requests.Response, bytes]:
         """Send one signed request and read its whole answer within the limits: the one place
-        that touches the network. Whatever goes wrong in transfer is a TransientError."""
+        that touches the network. Whatever goes wrong in transfer is a TransientError; a
+        redirect is an ApiError, raised before its body is read."""
         response: requests.Response | None = None
         failure: TransientError | None = None
         with Watch(stop, self.limits.deadline_s) as watch:
@@ -271,13 +283,13 @@ class Client:
                     # The signature is bound to the host: another host's answer is not the API's.
                     allow_redirects=False,
                 )
-                with response:  # hands the connection back, or closes it if the body was cut
-                    # A redirect is refused whatever it says (see _attempt), so its body is
-                    # not read: however long, slow or broken, it costs nothing and no retry.
+                # Hands the connection back, or closes it if the body was cut or left unread.
+                with response:
                     if 300 <= response.status_code < 400:
-                        raw = b""
-                    else:
-                        raw = read_capped(response, self.limits.max_body_bytes)
+                        # Refused whatever its body says, so the body is not read: however
+                        # long, slow or broken, it costs nothing and is not retried.
+                        raise redirect_error(response)
+                    raw = read_capped(response, self.limits.max_body_bytes)
             except TRANSFER_ERRORS as exc:
                 failure = self._transfer_failure(exc, answered=response is not None)
         # The watch cut the connection (or was about to): whatever was read is not the answer.
@@ -315,15 +327,6 @@ class Client:
         self.requests_made += 1
         response, raw = self._exchange(action, body, stop)
         status = response.status_code
-        if 300 <= status < 400:
-            location = excerpt(shown_url(response.headers.get("Location") or "nowhere"))
-            raise ApiError(
-                "Redirect",
-                f"the endpoint redirects to {location}, and qfsync does not follow redirects "
-                "(each request is signed for one host)",
-                status=status,
-                hint="Set --endpoint to the console API's own URL",
-            )
         try:
             decoded = decode(raw, self.limits.max_depth)
         except MalformedResponse:
@@ -430,7 +433,7 @@ class NoRedirectSession(requests.Session):
     """A session that never looks for where an answer redirects to. qfsync follows no redirect
     (each request is signed for one host), but requests, told not to follow one, still works
     out the next request: it reads the redirect's whole body, past any limit, and parses its
-    Location, which raises ValueError on a malformed one. The 3xx is refused in `_attempt`."""
+    Location, which raises ValueError on a malformed one. The 3xx is refused in `_exchange`."""
 
     def get_redirect_target(self, resp: requests.Response) -> None:
         return None

@@ -263,7 +263,7 @@ def parse_job(item: Any, position: int) -> Job:
 
 
 def not_a_string(item: dict[str, Any], position: int, job_id: str) -> MalformedResponse:
-    field = next(f for f in TEXT_FIELDS if not isinstance(item.get(f), str | None))
+    field = next(f for f in TEXT_FIELDS if not (item.get(f) is None or type(item[f]) is str))
     return MalformedResponse(
         f"jobList[{position}].{field} of job {job_id} is not a string", excerpt(repr(item[field]))
     )

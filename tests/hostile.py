@@ -169,13 +169,28 @@ def trickle(data: bytes, every_s: float, prefix: bytes = b"") -> Reply:
     return reply
 
 
-def endless(data: bytes, headers: dict[str, str] | None = None, status: int = 200) -> Reply:
+def endless(data: bytes, headers: dict[str, str] | None = None) -> Reply:
     """`data` over and over, at full speed, until the client goes away."""
 
     def reply(connection: socket.socket, server: Hostile) -> None:
-        connection.sendall(head(status, headers))
+        connection.sendall(head(200, headers))
         while not server.closing.is_set():
             connection.sendall(data)
+
+    return reply
+
+
+def long(size: int, headers: dict[str, str] | None = None, status: int = 200) -> Reply:
+    """A body of `size` spaces with its Content-Length, sent a block at a time, never built."""
+
+    def reply(connection: socket.socket, server: Hostile) -> None:
+        connection.sendall(head(status, {"Content-Length": str(size), **(headers or {})}))
+        block = b" " * 65536
+        for _ in range(size // len(block)):
+            if server.closing.is_set():
+                return
+            connection.sendall(block)
+        connection.sendall(block[: size % len(block)])
 
     return reply
 

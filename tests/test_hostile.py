@@ -28,6 +28,7 @@ from hostile import (
     hang,
     head,
     json_answer,
+    long,
     page,
     page_bytes,
     raw,
@@ -459,7 +460,7 @@ def test_redirect_is_an_error_and_nothing_is_fetched_from_the_other_host(
 
 AWAY = {"Location": "http://127.0.0.1:9/"}
 REDIRECT_BODIES = {
-    "endless": endless(b" " * 65536, AWAY, status=302),
+    "64 MiB": long(64 << 20, AWAY, status=302),
     "a gzip bomb": bomb(256 << 20, headers=AWAY, status=302),
     "never sent": trickle(b" " * 100, 3600, prefix=head(302, {**AWAY, "Content-Length": "100"})),
     "cut short": raw(head(302, {**AWAY, "Content-Length": "100"}) + b"short"),
@@ -472,14 +473,20 @@ REDIRECT_BODIES = {
 
 @pytest.mark.parametrize("reply", REDIRECT_BODIES.values(), ids=REDIRECT_BODIES.keys())
 def test_a_redirect_is_refused_without_reading_its_body(hostile: Any, reply: Reply) -> None:
-    """A redirect is a final error whatever its body: one request, no retry, and no wait for a
-    body that is endless, never comes or does not decode (requests itself would read a
+    """A redirect is a final error whatever its body: one request, no retry, nothing read of
+    a body that is long, never comes or does not decode (requests itself would read a
     redirect's whole body, uncapped, to find where it leads)."""
     server = hostile(reply)
-    with pytest.raises(ApiError) as caught:
-        walk_with(server, Limits(max_body_bytes=1 << 20, deadline_s=5))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ApiError) as caught:
+            walk_with(server, Limits(max_body_bytes=1 << 20, deadline_s=5))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert "redirects to http://127.0.0.1:9/" in str(caught.value)
     assert len(server.bodies) == 1
+    assert peak < 8 << 20  # the body, read, would be 64 MiB, or 256 MiB decompressed
 
 
 def test_cookies_a_server_sets_are_neither_kept_nor_sent(hostile: Any) -> None:
@@ -532,6 +539,17 @@ def test_control_characters_from_the_server_are_stored_escaped(
     assert not UNSAFE.search(run["error"])
 
 
+def test_every_qfsync_error_is_made_one_safe_line() -> None:
+    """QfsyncError and its subclasses escape what they are given, whoever raises them."""
+    dirty = "a\x00b\x1b[0mc\nd\u2028e\u202ef\ud800g\x85h"
+    for error in (QfsyncError(dirty), TransientError(dirty), ApiError(dirty, dirty, dirty)):
+        assert not UNSAFE.search(str(error))
+        assert "a\\x00b\\x1b[0mc\\nd\\u2028e\\u202ef\\ud800g\\x85h" in str(error)
+
+
+# --- a job as stored, whichever decoder reads its page ---------------------------------------
+
+
 def test_a_job_reads_the_same_whichever_decoder_reads_its_page(
     hostile: Any, engine: Engine
 ) -> None:
@@ -545,14 +563,6 @@ def test_a_job_reads_the_same_whichever_decoder_reads_its_page(
         first = Sync(engine, client, JobQuery()).run()
         again = Sync(engine, client, JobQuery()).run()
     assert (first.jobs_inserted, again.jobs_unchanged, again.jobs_updated) == (1, 1, 0)
-
-
-def test_every_qfsync_error_is_made_one_safe_line() -> None:
-    """QfsyncError and its subclasses escape what they are given, whoever raises them."""
-    dirty = "a\x00b\x1b[0mc\nd\u2028e\u202ef\ud800g\x85h"
-    for error in (QfsyncError(dirty), TransientError(dirty), ApiError(dirty, dirty, dirty)):
-        assert not UNSAFE.search(str(error))
-        assert "a\\x00b\\x1b[0mc\\nd\\u2028e\\u202ef\\ud800g\\x85h" in str(error)
 
 
 # --- signals, in a real process --------------------------------------------------------------
