@@ -77,11 +77,15 @@ def make_client(
     secret_key = setting("secret_key", secret_key)
     if not access_key or not secret_key:
         raise ConfigError("no credentials: set QIANFAN_ACCESS_KEY and QIANFAN_SECRET_KEY")
+    try:
+        credentials = Credentials(access_key, secret_key)
+    except ValueError as exc:
+        raise ConfigError(f"QIANFAN_ACCESS_KEY or QIANFAN_SECRET_KEY: {exc}") from None
     if max_attempts < 1 or max_retry_wait < 0 or timeout <= 0:
         raise ConfigError("max_attempts must be at least 1, max_retry_wait and timeout positive")
     try:
         return Client(
-            Credentials(access_key, secret_key),
+            credentials,
             setting("endpoint", endpoint, DEFAULT_BASE_URL) or DEFAULT_BASE_URL,
             RetryPolicy(
                 max_attempts=max_attempts, max_wait_s=max_retry_wait, read_timeout_s=timeout

@@ -64,10 +64,24 @@ HINTS = {
 }
 
 
+# What a key may hold: printable ASCII without spaces. The access key goes into the
+# Authorization header, where a newline (a key read from a file) would make http.client refuse
+# the header and quote it, signature and all, in its error.
+KEY_TEXT = re.compile(r"[!-~]+")
+
+
 @dataclass(frozen=True)
 class Credentials:
     access_key: str
     secret_key: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        for name, value in (("access key", self.access_key), ("secret key", self.secret_key)):
+            if not KEY_TEXT.fullmatch(value):
+                raise ValueError(
+                    f"the {name} is empty or holds white space, a control character or a "
+                    "character outside ASCII (a newline at the end of the file it came from?)"
+                )
 
 
 @dataclass(frozen=True)
@@ -464,21 +478,31 @@ def new_session(base_url: str) -> requests.Session:
 
 def check_base_url(base_url: str) -> str:
     """The base URL without a trailing slash, or ValueError saying what is wrong with it (the
-    URL shown without its user info)."""
-    shown = shown_url(base_url)
-    parts = urlsplit(base_url)
-    if "@" in parts.netloc:
-        # requests would send user info as Basic auth in place of the signature, and every
-        # message that names the endpoint would show the password.
+    URL shown only when it can hold no password)."""
+    if "@" in base_url:
+        # User info, however it is spelled (a password may hold / ? # and break the parse):
+        # requests would send it as Basic auth in place of the signature, and every message
+        # that names the endpoint would show the password. The URL is not shown.
         raise ValueError(
-            f"{shown!r} holds a user name or password; the API takes QIANFAN_ACCESS_KEY and "
-            "QIANFAN_SECRET_KEY instead"
+            "the URL holds an @, as a user name or password would; the API takes "
+            "QIANFAN_ACCESS_KEY and QIANFAN_SECRET_KEY instead"
         )
+    shown = excerpt(base_url)
+    if not base_url.isascii() or not base_url.isprintable() or " " in base_url:
+        # The host goes into the Host header as it is: write a non-ASCII name in punycode.
+        raise ValueError(
+            f"{shown!r} holds white space, a control character or a character outside ASCII "
+            "(write an international host name in its xn-- form)"
+        )
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(f"not a URL: {shown!r} (a bad port or IPv6 address)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {shown!r}")
     if parts.query or parts.fragment:
         raise ValueError(f"{shown!r} has a query or fragment; give the base URL only")
-    parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     return base_url.rstrip("/")
 
 

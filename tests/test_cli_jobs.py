@@ -161,6 +161,11 @@ ENDPOINTS_WITH_USER_INFO = [
     "http://user:p@{password}@{host}",  # an unencoded @ in the password
     "ftp://user:{password}@{host}",
     "http://user:{password}@[::1",
+    # A password holding / ? or # ends the host early; one slash is not a host at all.
+    "http://user:{password}/x@{host}",
+    "http://user:{password}?x@{host}",
+    "http://user:{password}#x@{host}",
+    "http:/user:{password}@{host}",
 ]
 
 
@@ -179,6 +184,56 @@ def test_endpoint_with_user_info_is_refused_without_showing_it(
     [line] = lines(result.stderr)
     assert line.startswith("qfsync: error: --endpoint: ")
     assert PASSWORD not in result.output
+    assert api.request_count == 0
+
+
+BAD_ENDPOINTS = {
+    "a host outside ASCII": "http://домен.рф",
+    "a space in the host": "http://a b",
+    "a tab": "http://127.0.0.1\t:8080",
+    "a port that is no number": "http://127.0.0.1:abc",
+    "a port past 65535": "http://127.0.0.1:70000",
+    "a broken IPv6 address": "http://[::1",
+}
+
+
+@pytest.mark.parametrize("endpoint", BAD_ENDPOINTS.values(), ids=BAD_ENDPOINTS.keys())
+def test_an_endpoint_that_cannot_be_sent_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str
+) -> None:
+    """An --endpoint no request can go to exits 2 with one line naming the option, before
+    any request: not a retried transfer error, not an internal error."""
+    monkeypatch.setenv("QIANFAN_ACCESS_KEY", DEMO_ACCESS_KEY)
+    monkeypatch.setenv("QIANFAN_SECRET_KEY", DEMO_SECRET_KEY)
+    result = run("jobs", "--endpoint", endpoint, "--max-attempts", "1")
+    assert result.exit_code == 2, result.output
+    [line] = lines(result.stderr)
+    assert line.startswith("qfsync: error: --endpoint: ")
+
+
+BAD_KEYS = {
+    "access key ending in a newline": (DEMO_ACCESS_KEY + "\n", DEMO_SECRET_KEY),
+    "access key outside ASCII": ("ключ-" + DEMO_ACCESS_KEY, DEMO_SECRET_KEY),
+    "secret key ending in a newline": (DEMO_ACCESS_KEY, DEMO_SECRET_KEY + "\r\n"),
+    "secret key with a space": (DEMO_ACCESS_KEY, "s3cret key"),
+}
+
+
+@pytest.mark.parametrize(("access", "secret"), BAD_KEYS.values(), ids=BAD_KEYS.keys())
+def test_a_key_no_header_can_carry_is_a_usage_error_that_shows_neither(
+    fake_api: FakeFactory, monkeypatch: pytest.MonkeyPatch, access: str, secret: str
+) -> None:
+    """A key with a newline (read from a file) or a character outside printable ASCII exits
+    2 before any request, with one line that shows neither key: http.client would refuse the
+    Authorization header and quote it, signature and all, in its error."""
+    api = fake_api(10)
+    monkeypatch.setenv("QIANFAN_ACCESS_KEY", access)
+    monkeypatch.setenv("QIANFAN_SECRET_KEY", secret)
+    result = run("jobs", "--endpoint", api.url)
+    assert result.exit_code == 2, result.output
+    [line] = lines(result.stderr)
+    assert "QIANFAN_ACCESS_KEY or QIANFAN_SECRET_KEY" in line
+    assert access.strip() not in result.output and secret.strip() not in result.output
     assert api.request_count == 0
 
 
