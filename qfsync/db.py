@@ -35,23 +35,37 @@ CONNECT_TIMEOUT_S = 30
 # `scheme:[//]user:PASSWORD@`, up to the last @ of the word, so that a password with an
 # unencoded @ or /, or a URL with one slash, is hidden whole; and `password=` in a query.
 PASSWORD_IN_URL = re.compile(r"([a-z][\w+.-]*:/*[^:/@\s]*:)\S*@", re.IGNORECASE)
-PASSWORD_IN_QUERY = re.compile(r"([?&;](?:password|passwd|pwd)=)[^&;\s]*", re.IGNORECASE)
-PASSWORD_KEYS = ("password", "passwd", "pwd")
+PASSWORD_IN_QUERY = re.compile(
+    r"([?&;](?:password|passwd|pwd|sslpassword)=)[^&;\s]*", re.IGNORECASE
+)
+# sslpassword: libpq's, the passphrase of the client's TLS key.
+PASSWORD_KEYS = ("password", "passwd", "pwd", "sslpassword")
 
 
 def parse_url(raw: str) -> URL:
+    # A URL that does not parse as meant is not shown if it holds an @: where its user info
+    # ends cannot be told, nor so what to hide (`user:pa ss@host`, `user:pw@host` without a
+    # scheme).
+    shown = "" if "@" in raw else f" {mask_text(raw)!r}"
     try:
         url = make_url(raw)
     except (ArgumentError, ValueError):
         raise ConfigError(
-            f"not a database URL: {mask_text(raw)!r} "
+            f"not a database URL:{shown} "
             "(expected e.g. sqlite:///qfsync.db or postgresql://user@host/db)"
         ) from None
-    if url.host and "@" in url.host:
+    # An unencoded @ in the password puts the rest of it into the host, the database or the
+    # query (`user:p@ss/x@host/db`), where nothing hides it. (A SQLite path may hold an @.)
+    database = "" if url.get_backend_name() == "sqlite" else url.database or ""
+    if any("@" in part for part in (url.host or "", database, *query_values(url))):
         raise ConfigError(
-            f"not a database URL: {mask_text(raw)!r} (an @ in the password must be written %40)"
+            "not a database URL: an @ in the host, the database name or the query (an @ in "
+            "the password must be written %40; the URL is not shown)"
         )
     url = url.set(drivername=DRIVERS.get(url.drivername, url.drivername))
+    if url.get_backend_name() in ("mysql", "mariadb") and not url.database:
+        # PyMySQL connects without one, and the first query fails on a bare assertion.
+        raise ConfigError(f"{mask(url)} names no database: add it, as in mysql://user@host/db")
     if url.get_backend_name() == "sqlite" and sqlite_file(url) is None:
         raise ConfigError(
             "an in-memory SQLite database keeps nothing after the command: use sqlite:///FILE"
@@ -59,6 +73,15 @@ def parse_url(raw: str) -> URL:
     if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
         url = url.update_query_dict({"charset": "utf8mb4"})
     return url
+
+
+def query_values(url: URL, keys: tuple[str, ...] | None = None) -> list[str]:
+    """The query's values, or those of `keys` only (a repeated key's come as a tuple)."""
+    found: list[str] = []
+    for key, value in url.query.items():
+        if keys is None or key in keys:
+            found += [value] if isinstance(value, str) else list(value)
+    return found
 
 
 def sqlite_file(url: URL) -> str | None:
@@ -85,10 +108,7 @@ def mask_text(raw: str) -> str:
 def secrets(url: URL) -> list[str]:
     """Every password the URL carries."""
     found = [str(url.password)] if url.password else []
-    for key in PASSWORD_KEYS:
-        value = url.query.get(key)
-        found += [value] if isinstance(value, str) else list(value or ())
-    return [secret for secret in found if secret]
+    return [secret for secret in found + query_values(url, PASSWORD_KEYS) if secret]
 
 
 def describe(exc: BaseException, url: URL) -> str:

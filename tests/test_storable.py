@@ -132,6 +132,26 @@ def test_usage_errors_exit_2_before_anything_is_written(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_mysql_url_without_a_database_is_a_usage_error(fake_api, api_env):
+    """PyMySQL connects without a database and the first query fails on a bare assertion:
+    refused before connecting, naming what is missing."""
+    api_env(fake_api(5))
+    result = sync_cli("--database-url", "mysql://root@127.0.0.1:1")
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert "names no database" in line
+
+
+def test_a_sqlite_path_may_hold_an_at(tmp_path, fake_api, api_env):
+    """An @ is refused where it betrays a password, not in a file's path."""
+    api_env(fake_api(5))
+    folder = tmp_path / "user@host"
+    folder.mkdir()
+    result = sync_cli("--database-url", f"sqlite:///{folder / 'q.db'}")
+    assert result.exit_code == 0, result.output
+    assert (folder / "q.db").exists()
+
+
 def test_missing_credentials_touch_no_database(tmp_path, monkeypatch):
     """Without credentials the sync exits 2 before it connects or migrates."""
     for name in ("QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_KEY"):
@@ -151,6 +171,15 @@ def test_missing_credentials_touch_no_database(tmp_path, monkeypatch):
         (f"postgresql://qf:{SECRET}@x@127.0.0.1:1/db", 2),
         (f"mysql://qf:a@{SECRET}:c@127.0.0.1:1/db", 2),
         (f"postgresql://qf:{SECRET}@127.0.0.1:notaport/db", 2),
+        # An unencoded @ followed by / ? or :port/ puts the rest into the database or query.
+        (f"postgresql://qf:top@{SECRET}/more@127.0.0.1:1/db", 2),
+        (f"postgresql://qf:top@{SECRET}?x=more@127.0.0.1:1/db", 2),
+        (f"mysql://qf:top@{SECRET}:3306/more@127.0.0.1:1/db", 2),
+        # No scheme, no slashes, a space in the password: nothing says where user info ends.
+        (f"qf:{SECRET}@127.0.0.1/db", 2),
+        (f"//qf:{SECRET}@127.0.0.1/db", 2),
+        (f"postgresql://qf:pa {SECRET}@127.0.0.1:notaport/db", 2),
+        (f"postgresql://qf@127.0.0.1:1/db?sslmode=require&sslpassword={SECRET}", 1),
     ],
 )
 def test_no_password_in_any_output_for_any_url_form(url, code, fake_api, api_env):
