@@ -10,6 +10,7 @@ asked for.
 """
 
 import contextlib
+import http.client
 import logging
 import os
 import tempfile
@@ -288,6 +289,29 @@ def push_target(url: str) -> tuple[str, Callable[..., Any]]:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl(), handler
 
 
+def pushgateway_problem(url: str) -> str | None:
+    """Why no push can go to `url`, or None: checked before the sync, as a push that cannot
+    be sent would otherwise fail after it (urllib raises InvalidURL, not an OSError)."""
+    if not url.isascii() or not url.isprintable() or " " in url:
+        # Not shown: a space or a control character may sit in a password mask_text misses.
+        return (
+            "the URL holds white space, a control character or a character outside ASCII "
+            "(write an international host name in its xn-- form; the URL is not shown)"
+        )
+    shown = mask_text(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return (
+            f"not a URL: {shown!r} (a bad port or IPv6 address, or a / ? or # in the "
+            "password, which must be written %2F %3F %23)"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"not an http(s) URL: {shown!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class Outputs:
     """Where the metrics go: a file for the textfile collector, a Pushgateway, both or none."""
@@ -305,11 +329,9 @@ class Outputs:
                 f"--metrics-file: the node exporter reads only *.prom files, not {self.file.name!r}"
             )
         if self.pushgateway is not None:
-            parts = urlsplit(self.pushgateway)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ConfigError(
-                    f"--pushgateway: not an http(s) URL: {mask_text(self.pushgateway)!r}"
-                )
+            why = pushgateway_problem(self.pushgateway)
+            if why is not None:
+                raise ConfigError(f"--pushgateway: {why}")
 
     def __bool__(self) -> bool:
         return self.file is not None or self.pushgateway is not None
@@ -359,3 +381,7 @@ class Outputs:
             )
         except OSError as exc:  # URLError and HTTPError included
             log.warning("metrics: cannot push to %s: %s", mask_text(url), exc)
+        except (ValueError, http.client.HTTPException) as exc:
+            # What the checks above did not foresee: its text may quote the URL, so only its
+            # kind is named.
+            log.warning("metrics: cannot push to %s: %s", mask_text(url), type(exc).__name__)

@@ -298,6 +298,10 @@ def test_push_failure_is_a_warning(tmp_path, fake_api, caplog):
         (["--metrics-file", "/nonexistent/dir/q.prom"], "--metrics-file: no directory"),
         (["--pushgateway", "pushgateway:9091"], "--pushgateway: not an http(s) URL"),
         (["--metrics-file", "qfsync.txt"], "--metrics-file: the node exporter reads only *.prom"),
+        (["--pushgateway", "http://127.0.0.1:abc"], "--pushgateway: not a URL"),
+        (["--pushgateway", "http://[::1"], "--pushgateway: not a URL"),
+        (["--pushgateway", "http://127.0.0.1:9091 x"], "--pushgateway: the URL holds white"),
+        (["--pushgateway", "http://домен.рф:9091"], "--pushgateway: the URL holds white"),
     ],
 )
 def test_bad_metrics_destination_is_a_usage_error(
@@ -312,6 +316,33 @@ def test_bad_metrics_destination_is_a_usage_error(
     )
     assert done.exit_code == 2
     assert done.stderr.count("\n") == 1 and message in done.stderr
+    assert api.request_count == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:PG/hunter2@127.0.0.1:1",
+        "http://user:PG?hunter2@127.0.0.1:1",
+        "http://user:PG#hunter2@127.0.0.1:1",
+        "http://user:PG hunter2@127.0.0.1:1",
+        "http://user:PG@hunter2@[::1",
+    ],
+)
+def test_a_pushgateway_url_that_breaks_on_its_password_is_refused_unshown(
+    tmp_path, fake_api, api_env, url
+):
+    """A password with an unencoded / ? # or space ends the host early: exit 2 before any
+    request, with one line that shows no part of the password (urllib's error quoted the
+    part before the /, after a sync that had succeeded)."""
+    api = fake_api(20)
+    api_env(api)
+    done = CliRunner().invoke(
+        main, ["sync", "--database-url", f"sqlite:///{tmp_path / 'q.db'}", "--pushgateway", url]
+    )
+    assert done.exit_code == 2, done.output
+    assert done.stderr.count("\n") == 1 and "--pushgateway: " in done.stderr
+    assert "hunter2" not in done.output and "PG" not in done.output
     assert api.request_count == 0
 
 
