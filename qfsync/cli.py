@@ -87,6 +87,12 @@ def fail(message: str, exit_code: int, exc: BaseException | None = None) -> None
     sys.exit(exit_code)
 
 
+def is_database_error(exc: BaseException) -> bool:
+    from sqlalchemy.exc import SQLAlchemyError  # loaded already: a command opened a database
+
+    return isinstance(exc, SQLAlchemyError)
+
+
 class Group(click.Group):
     """Translates qfsync's errors into one line and an exit code; --verbose adds the detail."""
 
@@ -105,7 +111,15 @@ class Group(click.Group):
             raise
         except KeyboardInterrupt as exc:  # Ctrl-C outside a sync (which has its own handler)
             fail("error: interrupted by SIGINT", EXIT_SIGINT, exc)
+        except BrokenPipeError:  # any command's reader went away (`qfsync runs | head -1`)
+            reader_gone()
         except Exception as exc:  # a bug: say so briefly, with the way to see more
+            engine = ctx.meta.get("qfsync.engine")
+            if engine is not None and is_database_error(exc):
+                # A command's query refused (a missing privilege, a damaged table): the
+                # database's problem, said without the statement, as a sync says it.
+                error = db.database_error(exc, engine.url)
+                fail(f"error: {error}", error.exit_code, error)
             if json_logs():
                 log.debug("internal error", exc_info=True)
             elif log.isEnabledFor(logging.DEBUG):
@@ -313,8 +327,12 @@ def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def open_db(database_url: str) -> "Engine":
-    """An engine that lives as long as the command, its connections closed at the end."""
-    return click.get_current_context().with_resource(db.connected(database_url))
+    """An engine that lives as long as the command, its connections closed at the end; the
+    command's database errors are reported as such (`Group.invoke`)."""
+    ctx = click.get_current_context()
+    engine = ctx.with_resource(db.connected(database_url))
+    ctx.meta["qfsync.engine"] = engine
+    return engine
 
 
 # How long a stop may wait for the next page boundary before it is forced: a page is written
@@ -495,7 +513,7 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
 
 @main.command("runs")
 @database_option
-@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 2**31 - 1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def runs_command(database_url: str, limit: int, as_json: bool) -> None:
     """Show the sync run history, newest first."""

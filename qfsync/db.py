@@ -111,6 +111,11 @@ def secrets(url: URL) -> list[str]:
     return [secret for secret in found + query_values(url, PASSWORD_KEYS) if secret]
 
 
+def database_error(exc: BaseException, url: URL) -> DatabaseError:
+    """A driver's error as qfsync reports it: one line, the statement and password left out."""
+    return DatabaseError(f"database error on {mask(url)}: {describe(exc, url)}")
+
+
 def describe(exc: BaseException, url: URL) -> str:
     """The first line of a driver error, with the password scrubbed in case a driver echoes it."""
     orig = getattr(exc, "orig", None) or exc

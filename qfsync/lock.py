@@ -30,6 +30,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .db import sqlite_file
+from .errors import DatabaseError
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,14 @@ def sync_lock(
     stop = stop or threading.Event()
     waiting = waiting or (lambda: None)
     if engine.dialect.name == "sqlite":
-        fd = os.open(sqlite_lock_path(engine), os.O_RDWR | os.O_CREAT, 0o600)
+        path = sqlite_lock_path(engine)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # e.g. left by another user (a sync run as root once)
+            raise DatabaseError(
+                f"cannot open the sync lock {path}: {exc.strerror}; it must be this user's "
+                "to read and write, as the database is"
+            ) from None
 
         def try_file_lock() -> bool:
             try:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import fits, logs, runs, store, writers
 from .client import Client, JobQuery, walk
-from .db import describe, ensure_schema, mask
+from .db import database_error, describe, ensure_schema
 from .errors import ApiError, DatabaseError, Interrupted, QfsyncError, SyncLocked, one_line
 from .guard import DEFAULT, DeleteLimit
 from .lock import sync_lock
@@ -248,8 +248,7 @@ class Sync:
             raise self._database_error(exc) from None
 
     def _database_error(self, exc: SQLAlchemyError) -> DatabaseError:
-        url = self.engine.url
-        return DatabaseError(f"database error on {mask(url)}: {describe(exc, url)}")
+        return database_error(exc, self.engine.url)
 
     def _locked_message(self) -> str:
         """Who holds the database's lock; a sync of any scope does (see lock.py for why)."""

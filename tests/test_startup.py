@@ -1,7 +1,9 @@
-"""Commands load only what they use: start-up is a large part of a short command, and of a
-sync that mostly waits for the API."""
+"""The program as it runs: commands load only what they use (start-up is a large part of a
+short command, and of a sync that mostly waits for the API), and end with one line and the
+right status whatever their output, database or lock does."""
 
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -102,3 +104,50 @@ def test_a_closed_stdout_is_no_failure_of_its_own() -> None:
         timeout=60,
     )
     assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_any_command_into_a_pipe_whose_reader_left_ends_as_sigpipe(tmp_path) -> None:
+    """`qfsync runs | true`: click flushes each line, so the write fails in the command; it
+    ends with the status of a tool killed by SIGPIPE, as `qfsync jobs` does, not an error."""
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    assert program("db", "upgrade", "--database-url", url).returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes
+    try:
+        done = program("runs", "--database-url", url, stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_damaged_database_is_a_database_error_not_a_bug(tmp_path) -> None:
+    """A query the database refuses in `runs` or `report` (here a table gone) is reported as a
+    sync reports it: one line naming the database, without the SQL, not an internal error."""
+    path = tmp_path / "q.db"
+    url = f"sqlite:///{path}"
+    assert program("db", "upgrade", "--database-url", url).returncode == 0
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TABLE sync_runs")  # the views that read it stay
+    for command in ("runs", "report"):
+        done = program(command, "--database-url", url)
+        assert done.returncode == 1, done.stderr
+        [line] = done.stderr.splitlines()
+        assert line.startswith(f"qfsync: error: database error on {url}: ")
+        assert "sync_runs" in line and "[SQL" not in line and "internal" not in line
+
+
+def test_a_sync_lock_that_cannot_be_opened_is_a_database_error(tmp_path) -> None:
+    """The SQLite lock beside the file cannot be opened (another user's, or here a directory):
+    one line naming it, not an internal error."""
+    path = tmp_path / "q.db"
+    (tmp_path / "q.db.qfsync-lock").mkdir()
+    done = program("db", "upgrade", "--database-url", f"sqlite:///{path}")
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"qfsync: error: cannot open the sync lock {path}.qfsync-lock: ")
+
+
+def test_runs_limit_is_bounded() -> None:
+    """A --limit no database takes is a usage error, not an overflow in the query."""
+    done = program("runs", "--limit", "99999999999999999999")
+    assert done.returncode == 2 and done.stderr.startswith("qfsync: usage error:")
