@@ -224,12 +224,18 @@ class TaskFetcher:
         }
         pending = set(futures.values())
         first: BaseException | None = None
-        while pending:
-            done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
-            if first is None:
-                first = next((f.exception() for f in done if f.exception() is not None), None)
-            if first is not None or (stop is not None and stop.is_set()):
-                halt.set()
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
+                if first is None:
+                    first = next((f.exception() for f in done if f.exception() is not None), None)
+                if first is not None or (stop is not None and stop.is_set()):
+                    halt.set()
+        except BaseException:
+            # Interrupted in this thread (Ctrl-C, a host's signal handler): the workers' requests
+            # and backoffs end at once, or closing the pool would wait out every retry.
+            halt.set()
+            raise
         if first is not None:
             raise first
         if halt.is_set():

@@ -2,12 +2,16 @@
 a `sync --tasks`, which fetches with the same code) ends in one safe line, never an internal
 error, whatever DescribeFineTuningTasks or DescribeFineTuningTask send."""
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from hostile import Reply, answer, json_answer
+from hostile import Reply, answer, hang, json_answer
 from test_hostile import HOSTILE, RETRIED, assert_one_safe_line, hostile  # noqa: F401
 
 from qfsync.cli import main
@@ -175,3 +179,29 @@ def test_a_retry_after_past_the_wait_budget_does_not_hold_the_siblings(
             timer.cancel()
         first.close()
         second.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_qfsync_tasks_stuck_on_the_api(hostile: Any) -> None:  # noqa: F811
+    """Ctrl-C ends `qfsync tasks` while its workers wait on a silent server: exit 130 within
+    seconds, not after every worker's retries (a minute's read timeout, eight attempts each),
+    with one line on stderr. (SIGTERM ends this read-only command as it ends any program.)"""
+    server = hostile(hang())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QIANFAN_", "QFSYNC_"))}
+    env.update(
+        QIANFAN_CONSOLE_API_BASE_URL=server.url,
+        QIANFAN_ACCESS_KEY=DEMO_ACCESS_KEY,
+        QIANFAN_SECRET_KEY=DEMO_SECRET_KEY,
+    )
+    command = [sys.executable, "-m", "qfsync", "tasks", "--job-id", "job-a", "--job-id", "job-b"]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        server.wait_for(requests=2)  # both workers wait on the server
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert assert_one_safe_line(err) == "qfsync: error: interrupted by SIGINT"
