@@ -13,6 +13,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from .errors import one_line
+
 FORMATS = ("text", "json")
 FORMAT_ENV = "QFSYNC_LOG_FORMAT"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -33,8 +35,20 @@ class RunContext(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, made one safe line: a message may quote a server's text (a task id, a
+    marker) with a newline, an ANSI escape or a bidirectional override in it."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(super().formatMessage(record))
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message, then the record's facts."""
+    """One JSON object a line: time, level, logger, message, then the record's facts, their
+    text escaped as in text logs (a lone surrogate could not even be written to stderr)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -50,7 +64,12 @@ class JsonFormatter(logging.Formatter):
         )
         if record.exc_info and record.exc_info[1] is not None:
             entry.setdefault("error", str(record.exc_info[1]))
-            entry["traceback"] = self.formatException(record.exc_info)
+        entry = {
+            key: one_line(value) if isinstance(value, str) else value
+            for key, value in entry.items()
+        }
+        if record.exc_info and record.exc_info[1] is not None:
+            entry["traceback"] = self.formatException(record.exc_info)  # lines on purpose
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
@@ -63,7 +82,7 @@ def configure(log_format: str, verbose: bool) -> None:
         handler.setFormatter(JsonFormatter())
         level = logging.DEBUG if verbose else logging.INFO
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter())
         level = logging.DEBUG if verbose else logging.WARNING
     logging.basicConfig(level=level, handlers=[handler])
     # urllib3's DEBUG lines add nothing qfsync does not log itself.

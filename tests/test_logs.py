@@ -2,6 +2,7 @@
 the run's facts; --verbose adds a line per page; secrets appear in neither format."""
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -10,7 +11,9 @@ import sys
 import pytest
 from sqlalchemy.engine import make_url
 
+from qfsync.errors import UNSAFE
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Faults
+from qfsync.logs import JsonFormatter, TextFormatter
 
 WRONG_SECRET = "wrong-secret-Qm4xT7"
 DB_PASSWORD = "db-password-Zr8wK2"
@@ -173,3 +176,22 @@ def test_json_fake_api_banner_is_one_object():
         server.wait(timeout=30)
         server.stderr.close()
     assert banner["level"] == "info" and f"http://127.0.0.1:{port}" in banner["message"]
+
+
+DIRTY = "t1\x00\x1b[2J\nforged WARNING line\u2028\u202eevil\ud800"
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+def test_a_servers_text_in_a_log_line_is_escaped(formatter) -> None:
+    """A message quoting a server's text (a task id with a NUL, an ANSI escape, a newline, a
+    line separator, a bidirectional override, a lone surrogate) stays one line that UTF-8 can
+    write, in either format, and the facts in `extra` are escaped too."""
+    record = logging.makeLogRecord(
+        {"msg": "task %s is gone", "args": (DIRTY,), "levelname": "INFO", "marker": DIRTY}
+    )
+    line = formatter.format(record)
+    assert len(line.splitlines()) == 1 and not UNSAFE.search(line)
+    line.encode()  # no lone surrogate left
+    assert "t1\\x00\\x1b[2J\\nforged WARNING line\\u2028\\u202eevil" in (
+        line if isinstance(formatter, TextFormatter) else json.loads(line)["marker"]
+    )
