@@ -115,18 +115,14 @@ def write_tasks(
     tasks = {task.task_id: task for listed in listings.values() for task in listed}
     job_ids = list(listings)
     stored: dict[str, Any] = {}
-    for ids in chunks(job_ids):
-        # The job's stored tasks (to find deletions) and any listed task stored under another
-        # job (so that it is updated, not inserted twice).
-        listed_ids = [
-            task_id for job_id in ids for task_id in (t.task_id for t in listings[job_id])
-        ]
-        for hit in connection.execute(
-            select(tc.task_id, tc.job_id, tc.content_hash, tc.deleted_at).where(
-                or_(tc.job_id.in_(ids), tc.task_id.in_(listed_ids))
-            )
-        ):
-            stored[hit.task_id] = hit
+    # The jobs' stored tasks (to find deletions), and any listed task stored under another job
+    # (so that it is updated, not inserted twice): each in chunks of its own, as one job may
+    # list more tasks than a statement takes parameters (PostgreSQL: 65,535).
+    lookup = select(tc.task_id, tc.job_id, tc.content_hash, tc.deleted_at)
+    for column, keys in ((tc.job_id, job_ids), (tc.task_id, list(tasks))):
+        for ids in chunks(keys):
+            for hit in connection.execute(lookup.where(column.in_(ids))):
+                stored[hit.task_id] = hit
     new: list[Task] = []
     changed: list[Task] = []
     unchanged: list[str] = []

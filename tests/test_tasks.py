@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from test_cli_jobs import qfsync_command
 
 import qfsync
+from qfsync import runs
 from qfsync.cli import main
 from qfsync.errors import RetriesExhausted
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Faults
@@ -24,7 +25,9 @@ from qfsync.schema import (
     finetuning_tasks,
     sync_runs,
 )
-from qfsync.task_pages import FINAL_STATUSES, ZERO_DATE
+from qfsync.store import Scope
+from qfsync.task_pages import FINAL_STATUSES, ZERO_DATE, parse_task
+from qfsync.task_store import write_tasks
 
 JOBS = 250
 TASK_COUNT_COLUMNS = (
@@ -527,3 +530,30 @@ def test_sigkill_mid_run_then_resume_loses_and_double_counts_no_task(
     assert dead["tasks_inserted"] + resumed["tasks_inserted"] == len(now)
     assert resumed["tasks_updated"] + resumed["tasks_deleted"] == 0
     assert len(versions(engine)) == len(now)
+
+
+def test_a_job_with_more_tasks_than_a_statement_takes_parameters(engine):
+    """One job listing 66,000 tasks, past PostgreSQL's 65,535 parameters a statement: stored
+    whole on every database, then found unchanged, not inserted again."""
+    created = datetime(2024, 1, 2, tzinfo=UTC)
+    listed = [
+        parse_task(
+            {
+                "taskId": f"task-{n:05}",
+                "jobId": "job-a",
+                "runStatus": "Done",
+                "createDate": "2024-01-02T00:00:00Z",
+                "finishDate": "2024-01-02T01:00:00Z",
+            },
+            f"taskList[{n}]",
+        )
+        for n in range(66_000)
+    ]
+    counts = []
+    for _ in range(2):
+        with engine.begin() as connection:
+            run_id, _ = runs.start(connection, Scope(None, None), runs.FULL, 100, None)
+            counts.append(write_tasks(connection, {"job-a": listed}, run_id, created))
+    assert (counts[0].inserted, counts[1].unchanged, counts[1].inserted) == (66_000, 66_000, 0)
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(finetuning_tasks)) == 66_000
