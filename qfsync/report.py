@@ -81,15 +81,21 @@ CSV_COLUMNS = ("section", "month", "model", "train_mode", "metric", "value", "ru
 RECENT = timedelta(days=7)
 
 
+LONGEST_DURATION = timedelta(days=36_500)
+
+
 def parse_duration(text: str) -> timedelta:
     """`90s`, `30m`, `26h`, `7d`: a positive whole number and one unit."""
     match = DURATION.fullmatch(text.strip())
     if match is None or int(match[1]) == 0:
         raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 26h or 7d")
     try:
-        return timedelta(**{UNITS[match[2]]: int(match[1])})
+        duration = timedelta(**{UNITS[match[2]]: int(match[1])})
     except OverflowError:
-        raise ValueError(f"{text!r} is longer than any age a sync can have") from None
+        duration = LONGEST_DURATION * 2
+    if duration > LONGEST_DURATION:  # counted back from now, it would pass the year 1
+        raise ValueError(f"{text!r} is longer than any age a sync can have (100 years)")
+    return duration
 
 
 def parse_max_age(text: str) -> tuple[str | None, timedelta]:

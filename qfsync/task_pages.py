@@ -162,7 +162,10 @@ def parse_progress(task_id: str, body: Any, text: bytes = b"") -> float | None:
         return None
     number: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past a float's range: no percentage either
+            number = None
     elif isinstance(value, str) and (match := PERCENT.fullmatch(value)):
         number = float(match[1])
     if number is None or not 0 <= number <= 100:

@@ -270,6 +270,32 @@ def test_durations_and_ages():
     ]
 
 
+@pytest.mark.parametrize("text", ["36501d", "3000000d", "999999999d", "9" * 30 + "s"])
+def test_a_duration_past_a_century_is_refused(text):
+    """Counted back from now, such an age would pass the year 1 (an OverflowError inside a
+    sync): refused where it is parsed, so that an option is a usage error."""
+    with pytest.raises(ValueError, match="longer than any age a sync can have"):
+        parse_duration(text)
+
+
+def test_a_too_long_tasks_max_age_is_a_usage_error(fake_api, api_env, tmp_path):
+    """--tasks-max-age past a century exits 2 before anything is written."""
+    api_env(fake_api(5))
+    done = CliRunner().invoke(
+        main,
+        [
+            "sync",
+            "--tasks",
+            "--tasks-max-age",
+            "3000000d",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'q.db'}",
+        ],
+    )
+    assert done.exit_code == 2 and "--tasks-max-age" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_database_without_the_schema(database_url):
     """A database qfsync never migrated gets the one-line 'run qfsync db upgrade' error."""
     result = report(database_url)

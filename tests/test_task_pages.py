@@ -111,7 +111,11 @@ def test_progress_is_a_percentage(progress, number):
     assert parse_progress("task-1", body) == number
 
 
-@pytest.mark.parametrize("progress", ["140%", "-3%", "forty", True, [40]])
+@pytest.mark.parametrize(
+    "progress",
+    ["140%", "-3%", "forty", True, [40], 10**400, -(10**400), 101.5],
+    ids=["140%", "-3%", "forty", "true", "a list", "10**400", "-10**400", "101.5"],
+)
 def test_progress_out_of_range_or_not_a_number_is_refused(progress):
     body = {"result": item(runStatus="Running", runProgress=progress)}
     with pytest.raises(MalformedResponse, match="runProgress of task task-1"):
