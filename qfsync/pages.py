@@ -304,6 +304,13 @@ def parse_listing(body: Any, text: str | bytes, list_name: str) -> Listing:
     next_marker = page_info.get("nextMarker")
     if next_marker is not None and not isinstance(next_marker, str):
         raise malformed("'pageInfo.nextMarker' is not a string", body, text)
+    if next_marker and not next_marker.isascii():
+        try:
+            next_marker.encode()  # it goes into the next request and the run's row
+        except UnicodeEncodeError:
+            raise malformed(
+                "'pageInfo.nextMarker' holds a lone surrogate (not valid Unicode)", body, text
+            ) from None
     if truncated and not next_marker:
         # A page that says more follow but not where: taking it as the last page would end the
         # listing "complete" and mark everything not yet reached as deleted.

@@ -198,6 +198,14 @@ MALFORMED = {
         ),
         "jobList[0]",
     ),
+    # It would go into the next request's body and the run's row, which cannot hold it.
+    "lone surrogate in nextMarker": (
+        json.loads(
+            r'{"result": {"jobList": [{"jobId": "job-a"}],'
+            r' "pageInfo": {"isTruncated": true, "nextMarker": "job-\udc80"}}}'
+        ),
+        "'pageInfo.nextMarker' holds a lone surrogate",
+    ),
     # orjson refuses the integer first; the lone surrogate must still be found, and named.
     "lone surrogate after an integer beyond 64 bits": (
         json.loads(
