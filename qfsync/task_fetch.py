@@ -85,11 +85,13 @@ def walk_tasks(
     """Yield each page of one job's task list, each task once, until the last page.
 
     As for jobs, the marker is taken to be inclusive, so a task repeated at a page boundary is
-    dropped. A job's task list is short, so every marker is kept to catch a cycle of any length.
+    dropped. A job's task list is short (and held whole by `job_tasks`), so every marker and
+    every task id is kept: a cycle of any length is caught, and a task listed again on any
+    later page is dropped too.
     """
     marker: str | None = None
     markers: set[str] = set()
-    previous_ids: set[str] = set()
+    seen: set[str] = set()
 
     def parse(body: Any, text: bytes) -> TaskPage:
         page = parse_task_page(job_id, body, text)
@@ -102,8 +104,8 @@ def walk_tasks(
         if marker is not None:
             body["marker"] = marker
         page = client.call(LIST_ACTION, body, parse, stop)
-        fresh = [task for task in page.tasks if task.task_id not in previous_ids]
-        previous_ids = {task.task_id for task in page.tasks}
+        fresh = [task for task in page.tasks if task.task_id not in seen]
+        seen.update(task.task_id for task in page.tasks)
         next_marker = page.next_marker
         # `markers` holds every marker followed so far, this page's own included.
         if next_marker is not None and next_marker in markers:

@@ -173,6 +173,20 @@ def test_the_task_walk_pages_and_asks_for_running_progress():
     ]
 
 
+def test_a_task_listed_again_on_a_later_page_is_kept_once():
+    """Pages [1, 2] -> [3] -> [1]: three tasks, not four (the job's task count in
+    finetuning_task_lists comes from this list)."""
+    answers = {
+        None: page(item(taskId="task-1"), item(taskId="task-2"), next_marker="m2"),
+        "m2": page(item(taskId="task-3"), next_marker="m3"),
+        "m3": page(item(taskId="task-1")),
+    }
+    with scripted(lambda n, body: (200, answers[body.get("marker")])) as server:
+        with Client(DEMO, server.url, FAST) as client:
+            tasks = job_tasks(client, JOB)
+    assert [t.task_id for t in tasks] == ["task-1", "task-2", "task-3"]
+
+
 def refused(code: str) -> dict[str, Any]:
     return {"requestId": "r", "code": code, "message": "refused"}
 
