@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from .client import MAX_PAGE_SIZE, Client
-from .errors import ApiError, PagingError, QfsyncError
+from .errors import ApiError, MalformedResponse, PagingError, QfsyncError
 from .task_pages import (
     DETAIL_ACTION,
     LIST_ACTION,
@@ -94,7 +94,14 @@ def walk_tasks(
     seen: set[str] = set()
 
     def parse(body: Any, text: bytes) -> TaskPage:
-        page = parse_task_page(job_id, body, text)
+        try:
+            page = parse_task_page(job_id, body, text)
+        except MalformedResponse as exc:
+            # Said of which listing: "a taskId appears twice in one page" alone reads as if a
+            # page of jobs were at fault.
+            raise MalformedResponse(
+                f"the tasks of job {job_id}: {exc.problem}", exc.excerpt
+            ) from None
         if budget is not None:
             budget.hold(len(text), job_id)
         return page

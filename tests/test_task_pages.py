@@ -137,6 +137,24 @@ def test_a_malformed_item_over_http_is_retried_then_fails_naming_the_field():
     assert len(server.headers_seen) == 3
 
 
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        (page(item(), item()), "a taskId appears twice in one page"),
+        ({"result": {"taskList": {}}}, "'result.taskList' is missing or not a list"),
+    ],
+    ids=["a task twice", "no list"],
+)
+def test_a_malformed_task_page_says_whose_tasks_it_lists(reply, problem):
+    """An error about the listing's envelope names the job whose tasks were being listed, so
+    that it does not read as a fault of the jobs' pages."""
+    with scripted(lambda n, body: (200, reply)) as server:
+        with Client(DEMO, server.url, RetryPolicy(max_attempts=1)) as client:
+            with pytest.raises(RetriesExhausted) as caught:
+                job_tasks(client, JOB)
+    assert f"malformed response: the tasks of job {JOB}: {problem}" in str(caught.value)
+
+
 def test_the_task_walk_stops_on_a_marker_cycle():
     """A server that sends A -> B -> A stops the walk with an error rather than looping."""
 
