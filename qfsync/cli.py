@@ -102,6 +102,8 @@ class Group(click.Group):
         except QfsyncError as exc:
             log.debug("failure detail", exc_info=True)
             fail(f"error: {exc}", exc.exit_code, exc)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `qfsync db`: a group without its command shows its help, as click does
         except click.UsageError as exc:
             # click's usage block is several lines; one says the same, in text as in a JSON log.
             # (A top-level option click rejects comes before this group runs: click's block.)

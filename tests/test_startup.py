@@ -151,3 +151,33 @@ def test_runs_limit_is_bounded() -> None:
     """A --limit no database takes is a usage error, not an overflow in the query."""
     done = program("runs", "--limit", "99999999999999999999")
     assert done.returncode == 2 and done.stderr.startswith("qfsync: usage error:")
+
+
+def test_a_group_without_its_command_shows_its_help() -> None:
+    """`qfsync db`: the group's help, as click shows it, not squeezed into one line."""
+    done = program("db")
+    assert done.returncode == 2
+    assert "Commands:" in done.stderr.splitlines()
+    assert any(line.split()[:1] == ["upgrade"] for line in done.stderr.splitlines())
+
+
+INTERRUPTED_IMPORT = """
+import sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "qfsync.client":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+from qfsync.__main__ import main
+sys.argv = ["qfsync", "--version"]
+main()
+"""
+
+
+def test_ctrl_c_while_the_modules_load_is_the_status_not_a_traceback() -> None:
+    """Ctrl-C in the first fraction of a second, while the command line's modules load (here
+    raised as one of them is imported): exit 130 and nothing on stderr."""
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_IMPORT], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (130, "")
