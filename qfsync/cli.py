@@ -250,7 +250,7 @@ def jobs(
 
     The quickest check of credentials and filters, and a preview of what a sync would store.
     """
-    write = sys.stdout.buffer.write
+    write = stdout().buffer.write
     try:
         for job in api.jobs(
             train_mode=train_mode, model=model, page_size=page_size, reverse=reverse, **options
@@ -259,6 +259,14 @@ def jobs(
         sys.stdout.flush()
     except BrokenPipeError:
         reader_gone()
+
+
+def stdout() -> Any:
+    """Standard output, for a command that prints its result there; started with it closed
+    (`>&-`), Python has none, and printing would fail on an attribute."""
+    if sys.stdout is None:
+        raise QfsyncError("there is no standard output to print to (it was closed)")
+    return sys.stdout
 
 
 def job_line(job: Job) -> bytes:
@@ -301,7 +309,7 @@ def concurrency_option(command: Callable[..., Any]) -> Callable[..., Any]:
 def tasks_command(**options: Any) -> None:
     """Print the tasks of a job, or of every job, one JSON object a line, without touching a
     database: running tasks with their progress, as a `sync --tasks` would store them."""
-    write = sys.stdout.write
+    write = stdout().write
     try:
         for task in api.tasks(**options):
             write(dumps(task.to_json()) + "\n")

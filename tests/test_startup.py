@@ -181,3 +181,26 @@ def test_ctrl_c_while_the_modules_load_is_the_status_not_a_traceback() -> None:
         [sys.executable, "-c", INTERRUPTED_IMPORT], capture_output=True, text=True, timeout=60
     )
     assert (done.returncode, done.stderr) == (130, "")
+
+
+def test_jobs_with_no_standard_output_is_one_line(fake_api: Callable[..., FakeApi]) -> None:
+    """`qfsync jobs >&-`: nowhere to print the jobs is one line and status 1, before any
+    request, not an AttributeError."""
+    api = fake_api(5)
+    env = {
+        **os.environ,
+        "QIANFAN_CONSOLE_API_BASE_URL": api.url,
+        "QIANFAN_ACCESS_KEY": DEMO_ACCESS_KEY,
+        "QIANFAN_SECRET_KEY": DEMO_SECRET_KEY,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "qfsync", "jobs"],
+        env=env,
+        preexec_fn=lambda: os.close(1),  # noqa: PLW1509 - the child only closes a descriptor
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr == "qfsync: error: there is no standard output to print to (it was closed)\n"
+    assert api.request_count == 0
