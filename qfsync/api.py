@@ -102,6 +102,18 @@ def job_query(
 ) -> JobQuery:
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise ConfigError(f"page_size must be 1 to {MAX_PAGE_SIZE}, not {page_size}")
+    for option, value in (("--train-mode", train_mode), ("--model", model)):
+        if value is None:
+            continue
+        if not value.strip():
+            # `--model "$MODEL"` with MODEL unset: the API lists every job for it, but the
+            # run would record a scope of its own, one that never marks a deletion.
+            raise ConfigError(f"{option} is empty: leave it out to take every job")
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:  # bytes of another encoding on the command line
+                raise ConfigError(f"{option} holds bytes that are not UTF-8") from None
     return JobQuery(train_mode, model, page_size, reverse)
 
 

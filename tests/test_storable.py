@@ -105,6 +105,11 @@ def sync_cli(*args: str):
     [
         (["--train-mode", "S" * 129], "--train-mode 'SSS"),
         (["--model", "M" * 256], "sync_runs.model_filter holds 255"),
+        # `--model "$MODEL"` with MODEL unset: a scope of its own that never marks deletions.
+        (["--model", ""], "--model is empty"),
+        (["--train-mode", " "], "--train-mode is empty"),
+        # Python's argv keeps bytes that are not UTF-8 as lone surrogates.
+        (["--model", "bad\udcffbyte"], "--model holds bytes that are not UTF-8"),
         (["--database-url", "sqlite://"], "in-memory SQLite database keeps nothing"),
         (["--database-url", "sqlite:///:memory:"], "in-memory SQLite database keeps nothing"),
         (
@@ -120,8 +125,8 @@ def sync_cli(*args: str):
 def test_usage_errors_exit_2_before_anything_is_written(
     args, says, tmp_path, monkeypatch, fake_api, api_env
 ):
-    """A filter longer than its column, an in-memory SQLite URL or a driver that is not
-    installed: exit 2, one line, no database file created."""
+    """A filter empty, not UTF-8 or longer than its column, an in-memory SQLite URL or a driver
+    that is not installed: exit 2, one line, no database file created."""
     api_env(fake_api(5))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("QFSYNC_DATABASE_URL", f"sqlite:///{tmp_path / 'q.db'}")
