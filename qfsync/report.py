@@ -338,13 +338,25 @@ def csv_rows(report: dict[str, Any]) -> Iterator[dict[str, Any]]:
             }
 
 
+# What a spreadsheet reads as the start of a formula; a model name or a filter (the API's
+# text, or the command line's) may begin with one.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell(value: Any) -> Any:
+    """A CSV cell: a time in ISO 8601, and text that a spreadsheet would take for a formula
+    (`=HYPERLINK(...)`) prefixed with an apostrophe, which shows it as the text it is."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def to_csv(report: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in csv_rows(report):
-        value = row["value"]
-        writer.writerow(
-            {**row, "value": value.isoformat() if isinstance(value, datetime) else value}
-        )
+        writer.writerow({key: cell(value) for key, value in row.items()})
     return out.getvalue()

@@ -188,6 +188,22 @@ def test_csv_and_table_formats_render(engine, database_url, fake_api):
     assert re.search(r"^full +1 +succeeded +1 ", result.stdout, re.MULTILINE)
 
 
+FORMULAS = ("=1+1", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tTAB")
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_written_as_text(engine, database_url, fake_api):
+    """Model names are the API's text: one that starts like a formula (= + - @, a tab) is
+    written with an apostrophe before it, which a spreadsheet shows as the text it is."""
+    api = fake_api(jobs=10)
+    for job, formula in zip(api.job_list(), FORMULAS, strict=False):
+        api._change([job["jobId"]], lambda item, formula=formula: {**item, "model": formula})
+    sync(engine, api)
+    result = report(database_url, "--format", "csv")
+    models = {row["model"] for row in csv.DictReader(io.StringIO(result.stdout))}
+    assert {"'" + formula for formula in FORMULAS} <= models
+    assert not any(model.startswith(("=", "+", "-", "@", "\t")) for model in models)
+
+
 def test_help_documents_the_formats():
     """`report --help` names the csv columns and the --max-age units."""
     result = CliRunner().invoke(main, ["report", "--help"])
