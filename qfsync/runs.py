@@ -153,8 +153,16 @@ def restart_walk(connection: Connection, run_id: int, walk_started_at: datetime)
     )
 
 
-def set_mode(connection: Connection, run_id: int, mode: str) -> None:
-    connection.execute(update(sync_runs).where(sync_runs.c.id == run_id).values(mode=mode))
+def fall_back_to_full(connection: Connection, run_id: int, walk_started_at: datetime) -> None:
+    """An incremental run that now walks the whole listing from the start. The marker its
+    newest-first pages saved is no place in that walk: were the run to fail before the walk's
+    first page, the next full sync would resume from it and take every job it skipped for
+    deleted. So it is cleared with the mode."""
+    connection.execute(
+        update(sync_runs)
+        .where(sync_runs.c.id == run_id)
+        .values(mode=FULL, next_marker=None, walk_started_at=walk_started_at)
+    )
 
 
 def succeed(connection: Connection, run_id: int, complete: bool, deleted: int) -> None:

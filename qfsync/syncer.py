@@ -508,5 +508,5 @@ class Sync:
         self.note(f"{why}; falling back to a full walk")
         result.mode = runs.FULL
         with self.engine.begin() as connection:
-            runs.set_mode(connection, result.run_id, runs.FULL)
+            runs.fall_back_to_full(connection, result.run_id, started_at)
         self._full(result, None, started_at, started_at, replace(self.query, reverse=False))

@@ -1,7 +1,10 @@
 """Incremental sync: newest first, stops at the first page with nothing new, never deletes."""
 
+import pytest
 from sqlalchemy import func, select
 
+from qfsync.errors import RetriesExhausted
+from qfsync.fake_api import Faults
 from qfsync.schema import finetuning_jobs, sync_runs
 
 
@@ -67,3 +70,26 @@ def test_falls_back_to_a_full_walk_when_not_newest_first(engine, fake_api, run_s
     assert any("falling back to a full walk" in note for note in result.notes)
     assert result.mode == "full" and result.jobs_inserted == 1000
     assert count_listed(engine) == 1000
+
+
+def test_a_fallback_that_fails_leaves_no_marker_to_resume_from(engine, fake_api, run_sync):
+    """An incremental run writes newest-first pages, finds the listing out of order, falls
+    back to a full walk and fails on its first request. The next full sync must walk from
+    the start: resuming at the newest-first marker would skip the older jobs and mark them
+    deleted although the API lists them."""
+    api = fake_api(15)
+    run_sync(engine, api, page_size=5)
+    listing = api.job_list()
+    api.rename([job["jobId"] for job in listing[10:]])  # the newest page has changes
+    # The first job of the second newest-first page is made the newest of all: out of order.
+    api._change([listing[9]["jobId"]], lambda job: {**job, "createTime": "2030-01-01T00:00:00Z"})
+    api.faults = Faults(fail_after_pages=2)  # two newest-first pages, then only errors
+    with pytest.raises(RetriesExhausted):
+        run_sync(engine, api, page_size=5, incremental=True)
+    with engine.connect() as connection:
+        failed = connection.execute(select(sync_runs).order_by(sync_runs.c.id.desc())).first()
+    assert (failed.mode, failed.status, failed.next_marker) == ("full", "failed", None)
+    api.faults = Faults()
+    result = run_sync(engine, api, page_size=5)
+    assert (result.resumed_from, result.jobs_seen, result.jobs_deleted) == (None, 15, 0)
+    assert count_listed(engine) == 15
