@@ -213,6 +213,9 @@ class Sync:
         # Pages are written on one connection held for the walk: a checkout per page would cost
         # the pool's liveness ping, a round trip, on every page.
         self._pages: Connection | None = None
+        # The earliest time a full walk's next page may record as its jobs' last_seen_at (see
+        # `_page_time`); None outside a full walk.
+        self._seen_floor: datetime | None = None
 
     def note(self, message: str) -> None:
         message = one_line(message)  # a note may quote a marker the server chose
@@ -357,7 +360,7 @@ class Sync:
         connection = self._pages
         with connection.begin():
             counts = self.writer.write(
-                connection, ready.prepared, run_id, runs.utcnow(), page.next_marker
+                connection, ready.prepared, run_id, self._page_time(), page.next_marker
             )
             task_counts = self._write_tasks(connection, listings, run_id)
         result.add(len(page.jobs), counts)
@@ -366,6 +369,16 @@ class Sync:
         log_page(result.pages, page, counts)
         self.progress(result)
         return counts
+
+    def _page_time(self) -> datetime:
+        """Now, for a page's rows; in a full walk never before the walk started, nor before
+        the page before. The walk's deletions are the jobs last seen before it started: with
+        the wall clock stepped back (NTP, a resumed VM, a resume on a host whose clock is
+        behind), jobs this very walk listed would otherwise count among them."""
+        now = runs.utcnow()
+        if self._seen_floor is not None:
+            now = self._seen_floor = max(now, self._seen_floor)
+        return now
 
     def _stop_if_asked(self) -> None:
         """Between pages only; never after the last, so a finished run stays finished."""
@@ -435,6 +448,7 @@ class Sync:
         query = query or self.query
         pages, restarted_at = self._first_page(query, marker, result, started_at)
         walk_started_at = restarted_at or walk_started_at
+        self._seen_floor = walk_started_at
         first = next(pages)
         # Two stages, each in a thread: fetching the next page, and preparing the one before
         # it, so that neither waits for the other (with 20 ms per request, preparing a page

@@ -1,11 +1,12 @@
 """The sync on every dialect: exact rows, exact counts, one upsert statement per page."""
 
 import json
+from datetime import timedelta
 
 from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
-from qfsync import db
+from qfsync import db, runs
 from qfsync.cli import main
 from qfsync.pages import parse_time
 from qfsync.schema import finetuning_job_versions, finetuning_jobs, sync_runs
@@ -192,3 +193,27 @@ def test_unicode_and_long_text_round_trip(engine, fake_api, run_sync):
                 {"id": item["jobId"]},
             ).one()
             assert tuple(stored) == (item["name"], item["description"])
+
+
+def test_a_clock_stepped_back_mid_walk_deletes_no_job_the_walk_listed(
+    engine, fake_api, run_sync, monkeypatch
+):
+    """The wall clock steps back two minutes (an NTP step, a resumed VM) after the third of
+    eight pages: every job is still seen by this walk, and none is marked deleted."""
+    api = fake_api(40)
+    run_sync(engine, api, page_size=5)
+    real = runs.utcnow
+    stepped: list[bool] = []
+    monkeypatch.setattr(runs, "utcnow", lambda: real() - timedelta(minutes=2 * len(stepped)))
+
+    def progress(result) -> None:
+        if result.pages == 3:
+            stepped.append(True)
+
+    result = run_sync(engine, api, page_size=5, progress=progress)
+    assert (result.jobs_seen, result.jobs_unchanged, result.jobs_deleted) == (40, 40, 0)
+    with engine.connect() as connection:
+        deleted = connection.scalar(
+            select(func.count()).where(finetuning_jobs.c.deleted_at.is_not(None))
+        )
+    assert stepped and deleted == 0
