@@ -497,6 +497,16 @@ class Sync:
             query = replace(self.query, reverse=reverse)
             pages, _ = self._first_page(query, None, result, started_at)
             first = next(pages)
+            if sum(job.created_at is not None for job in first.jobs) < 2 and not first.is_last:
+                # One dated job is in order with itself: such a page would pass for newest
+                # first in any order, and the walk stop at the oldest job, unchanged.
+                self._fall_back(
+                    result,
+                    started_at,
+                    "a first page of fewer than two dated jobs cannot show "
+                    "whether the listing is newest first",
+                )
+                return
             if newest_first(first.jobs):
                 break
         else:

@@ -93,3 +93,16 @@ def test_a_fallback_that_fails_leaves_no_marker_to_resume_from(engine, fake_api,
     result = run_sync(engine, api, page_size=5)
     assert (result.resumed_from, result.jobs_seen, result.jobs_deleted) == (None, 15, 0)
     assert count_listed(engine) == 15
+
+
+def test_pages_of_one_job_cannot_pass_for_newest_first(engine, fake_api, run_sync):
+    """With one job a page, any order looks newest first: an API that ignores pageReverse
+    would end the walk at its oldest job, unchanged, and miss the new ones. The sync falls back
+    to a full walk instead, and finds them."""
+    api = fake_api(10, order="ignores-reverse")
+    run_sync(engine, api, page_size=1)
+    api.add(5)
+    result = run_sync(engine, api, page_size=1, incremental=True)
+    assert any("fewer than two dated jobs" in note for note in result.notes)
+    assert (result.mode, result.jobs_inserted) == ("full", 5)
+    assert count_listed(engine) == 15
