@@ -245,7 +245,20 @@ def known_revisions() -> set[str]:
 def upgrade(engine: Engine) -> None:
     from alembic import command
 
-    command.upgrade(alembic_config(engine), "head")
+    if engine.dialect.name != "sqlite":
+        command.upgrade(alembic_config(engine), "head")
+        return
+    # pysqlite's own transactions send no BEGIN before DDL, so each statement of a migration
+    # would commit at once, and a failure (a user's view on a table it rebuilds) would leave
+    # the schema half migrated for good. SQLite rolls DDL back like anything else: the
+    # migration runs on an engine that begins its transactions itself.
+    migrating = create_engine(engine.url, connect_args={"timeout": 60, "isolation_level": None})
+    event.listen(migrating, "connect", _sqlite_pragmas)
+    event.listen(migrating, "begin", lambda connection: connection.exec_driver_sql("BEGIN"))
+    try:
+        command.upgrade(alembic_config(migrating), "head")
+    finally:
+        migrating.dispose()
 
 
 def ensure_schema(engine: Engine, migrate: bool) -> str | None:

@@ -11,6 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import OperationalError
 
 from qfsync import db
 from qfsync.cli import main
@@ -87,6 +88,31 @@ def test_downgrade_to_base_and_back(engine):
     assert not set(inspect(engine).get_table_names()) - {"alembic_version"}
     command.upgrade(config, "head")
     assert db.current_revision(engine) == db.SCHEMA_HEAD
+
+
+def test_a_failed_sqlite_upgrade_is_rolled_back_whole(tmp_path):
+    """A user's view on sync_runs makes 0003's rebuild of that table fail. The upgrade fails
+    whole: the schema stays at 0002 with its views, no half-built table is left behind, and
+    once the user's view is gone the next upgrade succeeds. (pysqlite committed each DDL
+    statement on its own, which left the schema broken for good.)"""
+    from alembic import command
+
+    engine = db.connect(f"sqlite:///{tmp_path / 'q.db'}")
+    try:
+        command.upgrade(db.alembic_config(engine), "0002")
+        with engine.begin() as connection:
+            connection.execute(text("CREATE VIEW my_runs AS SELECT id FROM sync_runs"))
+        with pytest.raises(OperationalError, match="my_runs"):
+            db.upgrade(engine)
+        assert db.current_revision(engine) == "0002"
+        names = set(inspect(engine).get_table_names()) | set(inspect(engine).get_view_names())
+        assert "sync_health" in names and not [n for n in names if "alembic_tmp" in n]
+        with engine.begin() as connection:
+            connection.execute(text("DROP VIEW my_runs"))
+        db.upgrade(engine)
+        assert db.current_revision(engine) == db.SCHEMA_HEAD
+    finally:
+        engine.dispose()
 
 
 def test_db_commands(database_url):
