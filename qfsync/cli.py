@@ -573,7 +573,12 @@ def current(database_url: str) -> None:
     engine = open_db(database_url)
     revision = db.current_revision(engine)
     head = db.SCHEMA_HEAD
-    state = "up to date" if revision == head else "behind: run `qfsync db upgrade`"
+    if revision == head:
+        state = "up to date"
+    elif revision is not None and revision not in db.known_revisions():
+        state = "unknown to this qfsync, which a newer one wrote: upgrade qfsync"
+    else:
+        state = "behind: run `qfsync db upgrade`"
     click.echo(f"{revision or 'empty'} (head {head}, {state})")
 
 

@@ -76,6 +76,9 @@ def test_unknown_newer_revision_is_refused(engine):
         connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     with pytest.raises(db.DatabaseError, match="newer qfsync"):
         db.ensure_schema(engine, migrate=True)
+    shown = CliRunner().invoke(main, ["db", "current", "--database-url", str(engine.url)])
+    assert shown.stdout.startswith("9999 (head ") and "upgrade qfsync" in shown.stdout
+    assert "run `qfsync db upgrade`" not in shown.stdout
 
 
 def test_downgrade_to_base_and_back(engine):
