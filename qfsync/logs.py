@@ -87,3 +87,6 @@ def configure(log_format: str, verbose: bool) -> None:
     logging.basicConfig(level=level, handlers=[handler])
     # urllib3's DEBUG lines add nothing qfsync does not log itself.
     logging.getLogger("urllib3").setLevel(logging.INFO)
+    # psycopg warns of what it could not tidy up after a lost connection ("error ignored
+    # terminating Pipeline"), beside the one line qfsync says of the loss; --verbose shows it.
+    logging.getLogger("psycopg").setLevel(logging.DEBUG if verbose else logging.ERROR)

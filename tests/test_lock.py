@@ -381,3 +381,38 @@ def test_a_signal_ends_a_page_write_stuck_on_a_database_lock(engine, database_ur
     assert process.returncode == 143, err
     assert err.splitlines()[-1] == "qfsync: error: interrupted by SIGTERM"
     assert runs_of(engine)[-1]["error"] == "interrupted by SIGTERM"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_sessions_killed_mid_walk_are_one_line(engine, database_url):
+    """Every session of the sync is ended on the server mid-walk (a restart): one line on
+    stderr, without psycopg's own warning about the pipeline it could not close."""
+    gated = GatedApi(JOBS, open_pages=3).start()
+    with engine.connect() as connection:
+        before = connection.scalar(text("SELECT clock_timestamp()"))
+    try:
+        first = start_cli(database_url, gated, "sync", "--page-size", "100")
+        wait_for_pages(engine, 3, first)  # the fourth answer is held at the gate
+        with engine.connect() as connection:
+            # The sync's sessions: those that began after it was started, but this one.
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    " AND backend_start > :before"
+                ),
+                {"before": before},
+            )
+            connection.commit()
+        gated.gate.set()
+        _, err = first.communicate(timeout=60)
+    finally:
+        gated.gate.set()
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+        gated.stop()
+    assert first.returncode == 1, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qfsync: error: "), err
