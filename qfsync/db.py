@@ -1,6 +1,7 @@
 """Database URLs, engines and migrations: everything qfsync needs before it writes a row."""
 
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -242,7 +243,18 @@ def known_revisions() -> set[str]:
     }
 
 
+# Alembic's `context` and `op` are proxies global to the process: two migrations at once in
+# one process (syncs of two new databases from a host's threads) would run each other's DDL on
+# the wrong connection. The sync lock is per database, so migrations also take this one.
+_MIGRATING = threading.Lock()
+
+
 def upgrade(engine: Engine) -> None:
+    with _MIGRATING:
+        _upgrade(engine)
+
+
+def _upgrade(engine: Engine) -> None:
     from alembic import command
 
     if engine.dialect.name != "sqlite":

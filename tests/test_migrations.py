@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 import venv
 from pathlib import Path
 
@@ -169,3 +170,31 @@ def test_wheel_carries_migrations(tmp_path):
         check=True,
     ).stdout
     assert str(env_dir) in location
+
+
+def test_new_databases_migrated_from_threads_of_one_process(tmp_path):
+    """A host syncing four new databases from four threads: Alembic's proxies are global to
+    the process, so unserialised migrations ran each other's DDL on the wrong connection
+    (KeyError 'config', 'table already exists'). Each database ends at head, whole."""
+    engines = [db.connect(f"sqlite:///{tmp_path / f'q{n}.db'}") for n in range(4)]
+    failures: list[BaseException] = []
+
+    def migrate(engine) -> None:
+        try:
+            db.upgrade(engine)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=migrate, args=(engine,)) for engine in engines]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert failures == []
+        for engine in engines:
+            assert db.current_revision(engine) == db.SCHEMA_HEAD
+            assert "sync_health" in inspect(engine).get_view_names()
+    finally:
+        for engine in engines:
+            engine.dispose()
