@@ -14,6 +14,7 @@ when a kept-alive connection sends again. (The connection itself is no guide: ht
 drops its socket as soon as the response is to be read until the server closes.)
 """
 
+import os
 import socket
 import threading
 import time
@@ -102,6 +103,17 @@ class _Watchdog:
 
 
 _watchdog = _Watchdog()
+
+
+def _after_fork_in_child() -> None:
+    # A child forked from a process that had made a request (a host's prefork workers)
+    # inherits the watchdog's state but not its thread: without a fresh watchdog, no stop
+    # or deadline would cut a request of the child's.
+    global _watchdog
+    _watchdog = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _record(sock: Any) -> None:

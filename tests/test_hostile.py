@@ -403,6 +403,46 @@ def test_stop_event_ends_a_request_or_backoff_at_once(
     assert len(server.bodies) == 1
 
 
+FORKED_WALK = """
+import os, sys, threading, time
+from qfsync.client import Client, Credentials, JobQuery, Limits, RetryPolicy, walk
+from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
+
+def walk_until_stopped():
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    retry = RetryPolicy(max_attempts=1, read_timeout_s=60)
+    credentials = Credentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY)
+    with Client(credentials, sys.argv[1], retry, limits=Limits(deadline_s=3600)) as client:
+        try:
+            list(walk(client, JobQuery(), stop=stop))
+        except Exception:
+            pass
+
+walk_until_stopped()  # the parent's walk starts the watchdog
+child = os.fork()
+if child == 0:
+    started = time.monotonic()
+    walk_until_stopped()
+    os._exit(0 if time.monotonic() - started < 30 else 1)
+_, status = os.waitpid(child, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_ends_a_request_in_a_child_forked_after_a_walk(hostile: Any) -> None:
+    """A host forks its workers after a walk (prefork): the child inherits the watchdog's
+    state but not its thread. A stop must still cut the child's request at once, not after the
+    read timeout (a minute)."""
+    server = hostile(hang())
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_WALK, server.url], capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(server.bodies) == 2
+
+
 # --- what a retry is counted as ------------------------------------------------------------
 
 
