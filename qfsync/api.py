@@ -60,6 +60,10 @@ ENV = {
 }
 
 
+# The longest wait or timeout a setting may ask for, in seconds: a year.
+LONGEST_S = 365 * 86400
+
+
 def setting(name: str, value: str | None, default: str | None = None) -> str | None:
     """The argument if given, else its environment variable, else the default."""
     return value if value is not None else os.environ.get(ENV[name], default)
@@ -81,8 +85,12 @@ def make_client(
         credentials = Credentials(access_key, secret_key)
     except ValueError as exc:
         raise ConfigError(f"QIANFAN_ACCESS_KEY or QIANFAN_SECRET_KEY: {exc}") from None
-    if max_attempts < 1 or max_retry_wait < 0 or timeout <= 0:
-        raise ConfigError("max_attempts must be at least 1, max_retry_wait and timeout positive")
+    # Written so that NaN fails too; infinity or 1e300 would overflow a socket's timeout.
+    if not (max_attempts >= 1 and 0 <= max_retry_wait <= LONGEST_S and 0 < timeout <= LONGEST_S):
+        raise ConfigError(
+            "max_attempts must be at least 1, max_retry_wait and timeout numbers of seconds "
+            "up to a year (timeout above 0)"
+        )
     try:
         return Client(
             credentials,
@@ -253,7 +261,7 @@ def sync(
 
     outputs = Outputs(Path(metrics_file) if metrics_file else None, pushgateway)
     attempt = Attempt(Scope(train_mode, model), runs.INCREMENTAL if incremental else runs.FULL)
-    url = setting("database_url", database_url, db.DEFAULT_URL) or db.DEFAULT_URL
+    url = setting("database_url", database_url, db.DEFAULT_URL)
 
     def run() -> "SyncResult":
         engine = None
@@ -262,6 +270,8 @@ def sync(
             # environment changed) is a failure its metrics report like any other.
             if task_concurrency < 1:
                 raise ConfigError(f"task_concurrency must be at least 1, not {task_concurrency}")
+            if not url:  # given empty (a setting that lost its value), not left out
+                raise ConfigError("database_url (QFSYNC_DATABASE_URL) is empty")
             query = job_query(train_mode, model, page_size)
             limit = sync_settings(query, max_delete)
             client = attempt.client = make_client(

@@ -162,7 +162,7 @@ class Seconds(click.FloatRange):
     FloatRange lets NaN through, which would make a wait endless or a timeout an error)."""
 
     def __init__(self, min: float) -> None:
-        super().__init__(min, 365 * 86400)
+        super().__init__(min, api.LONGEST_S)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         seconds = super().convert(value, param, ctx)

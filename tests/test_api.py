@@ -95,6 +95,35 @@ def test_failures_raise_the_exceptions_the_cli_translates(tmp_path, fake_api, mo
         qfsync.sync(url, page_size=101, **credentials(api))
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"timeout": float("inf")},
+        {"timeout": float("nan")},
+        {"timeout": 1e300},
+        {"max_retry_wait": float("nan")},
+        {"max_retry_wait": float("inf")},
+    ],
+    ids=["timeout inf", "timeout nan", "timeout 1e300", "wait nan", "wait inf"],
+)
+def test_a_wait_or_timeout_no_socket_takes_is_a_config_error(tmp_path, fake_api, settings):
+    """What the command line's options refuse, the library refuses too, before connecting:
+    not an OverflowError inside the sync, a failed run, an internal error."""
+    api = fake_api(10)
+    with pytest.raises(ConfigError, match="up to a year"):
+        qfsync.sync(f"sqlite:///{tmp_path / 'q.db'}", **settings, **credentials(api))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_database_url_is_a_config_error(tmp_path, fake_api, monkeypatch):
+    """database_url='' (a setting that lost its value) is refused, not taken for the default
+    ./qfsync.db."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="database_url"):
+        qfsync.sync("", **credentials(fake_api(10)))
+    assert list(tmp_path.iterdir()) == []
+
+
 class HostTerminated(BaseException):
     """What a host raises to end a task, as Airflow's AirflowTaskTerminated does."""
 
