@@ -233,6 +233,15 @@ class GatedApi(FakeApi):
         return super()._describe(*args, **kwargs)
 
 
+def release(gated: "GatedApi", sync: subprocess.Popen) -> None:
+    """Open the gate, make sure the sync under test has exited, and stop the API."""
+    gated.gate.set()
+    if sync.poll() is None:
+        sync.kill()
+        sync.communicate()
+    gated.stop()
+
+
 def kill_lock_session(engine) -> None:
     """End the session that holds the database's lock, as a server restart would."""
     with engine.connect() as connection:
@@ -280,11 +289,7 @@ def test_a_sync_that_lost_its_lock_writes_no_further_page(engine, database_url, 
         gated.gate.set()
         _, err = first.communicate(timeout=60)
     finally:
-        gated.gate.set()
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
-        gated.stop()
+        release(gated, first)
     assert first.returncode == 1, err
     [line] = err.splitlines()
     assert line.startswith("qfsync: error: the sync lock was lost: run 1 ")
@@ -408,11 +413,7 @@ def test_sessions_killed_mid_walk_are_one_line(engine, database_url):
         gated.gate.set()
         _, err = first.communicate(timeout=60)
     finally:
-        gated.gate.set()
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
-        gated.stop()
+        release(gated, first)
     assert first.returncode == 1, err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("qfsync: error: "), err
