@@ -1,7 +1,9 @@
 """Database URLs, engines and migrations: everything qfsync needs before it writes a row."""
 
 import re
+import sqlite3
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -135,7 +137,7 @@ def connect(raw_url: str) -> Engine:
             warnings.simplefilter("error", SAWarning)
             if url.get_backend_name() == "sqlite":
                 # Another sync or a BI tool may hold the file briefly: wait instead of failing.
-                engine = create_engine(url, connect_args={"timeout": 60})
+                engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_S})
                 event.listen(engine, "connect", _sqlite_pragmas)
             elif url.get_backend_name() == "postgresql":
                 # psycopg waits for ever for a server that accepts and never answers.
@@ -179,6 +181,9 @@ def connected(raw_url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
+# Seconds a SQLite connection waits for another's lock (a sync, a BI tool, a migration).
+SQLITE_BUSY_S = 60
+
 # Pages of the WAL before SQLite copies it back into the database file (the default is 1,000,
 # about 4 MB): a checkpoint writes and fsyncs, so doing it less often spares a first sync most
 # of its waiting, for a WAL of up to about 40 MB beside the file while a sync runs.
@@ -189,7 +194,17 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     # WAL lets a BI tool read while a sync writes; in WAL mode synchronous=NORMAL cannot corrupt
     # the file, and a power cut loses at most the last pages, which the next sync writes again.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # Setting WAL on a database another process is creating the schema of can fail at once
+    # with "database is locked", without the busy timeout's wait: wait for it here instead.
+    deadline = time.monotonic() + SQLITE_BUSY_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     cursor.close()
@@ -257,14 +272,19 @@ def upgrade(engine: Engine) -> None:
 def _upgrade(engine: Engine) -> None:
     from alembic import command
 
-    if engine.dialect.name != "sqlite":
+    if engine.dialect.name != "sqlite" or current_revision(engine) is None:
+        # A new SQLite database is created statement by statement, as pysqlite runs DDL: it
+        # has nothing a half-done migration could break, and in one long transaction another
+        # process's first connection to the new file was once refused ("database is locked").
         command.upgrade(alembic_config(engine), "head")
         return
-    # pysqlite's own transactions send no BEGIN before DDL, so each statement of a migration
+    # pysqlite's own transactions send no BEGIN before DDL, so each statement of an upgrade
     # would commit at once, and a failure (a user's view on a table it rebuilds) would leave
     # the schema half migrated for good. SQLite rolls DDL back like anything else: the
-    # migration runs on an engine that begins its transactions itself.
-    migrating = create_engine(engine.url, connect_args={"timeout": 60, "isolation_level": None})
+    # upgrade runs on an engine that begins its transactions itself.
+    migrating = create_engine(
+        engine.url, connect_args={"timeout": SQLITE_BUSY_S, "isolation_level": None}
+    )
     event.listen(migrating, "connect", _sqlite_pragmas)
     event.listen(migrating, "begin", lambda connection: connection.exec_driver_sql("BEGIN"))
     try:
