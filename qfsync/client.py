@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import orjson
 import requests
@@ -488,22 +488,30 @@ def check_base_url(base_url: str) -> str:
             "QIANFAN_ACCESS_KEY and QIANFAN_SECRET_KEY instead"
         )
     shown = excerpt(base_url)
-    if not base_url.isascii() or not base_url.isprintable() or " " in base_url:
-        # The host goes into the Host header as it is: write a non-ASCII name in punycode.
+    parts = check_http_url(base_url, shown)
+    if parts.query or parts.fragment:
+        raise ValueError(f"{shown!r} has a query or fragment; give the base URL only")
+    return base_url.rstrip("/")
+
+
+def check_http_url(url: str, shown: str) -> SplitResult:
+    """`url` split, or ValueError saying why no request can go to it; `shown` is the URL as
+    the message may show it. The host goes into the Host header as it is, so it must be ASCII
+    (an international name in its xn-- form); a URL with white space or a control character
+    is not shown, as it may sit in a password no mask finds."""
+    if not url.isascii() or not url.isprintable() or " " in url:
         raise ValueError(
-            f"{shown!r} holds white space, a control character or a character outside ASCII "
-            "(write an international host name in its xn-- form)"
+            "the URL holds white space, a control character or a character outside ASCII "
+            "(write an international host name in its xn-- form; the URL is not shown)"
         )
     try:
-        parts = urlsplit(base_url)
+        parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
         raise ValueError(f"not a URL: {shown!r} (a bad port or IPv6 address)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {shown!r}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{shown!r} has a query or fragment; give the base URL only")
-    return base_url.rstrip("/")
+    return parts
 
 
 def walk(

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import runs
-from .client import RETRY_REASONS, Client
+from .client import RETRY_REASONS, Client, check_http_url
 from .db import mask_text
 from .errors import EXIT_FAILED, EXIT_OK, ConfigError
 from .schema import finetuning_jobs, sync_runs
@@ -289,29 +289,6 @@ def push_target(url: str) -> tuple[str, Callable[..., Any]]:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl(), handler
 
 
-def pushgateway_problem(url: str) -> str | None:
-    """Why no push can go to `url`, or None: checked before the sync, as a push that cannot
-    be sent would otherwise fail after it (urllib raises InvalidURL, not an OSError)."""
-    if not url.isascii() or not url.isprintable() or " " in url:
-        # Not shown: a space or a control character may sit in a password mask_text misses.
-        return (
-            "the URL holds white space, a control character or a character outside ASCII "
-            "(write an international host name in its xn-- form; the URL is not shown)"
-        )
-    shown = mask_text(url)
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        return (
-            f"not a URL: {shown!r} (a bad port or IPv6 address, or a / ? or # in the "
-            "password, which must be written %2F %3F %23)"
-        )
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"not an http(s) URL: {shown!r}"
-    return None
-
-
 @dataclass(frozen=True)
 class Outputs:
     """Where the metrics go: a file for the textfile collector, a Pushgateway, both or none."""
@@ -329,9 +306,17 @@ class Outputs:
                 f"--metrics-file: the node exporter reads only *.prom files, not {self.file.name!r}"
             )
         if self.pushgateway is not None:
-            why = pushgateway_problem(self.pushgateway)
-            if why is not None:
-                raise ConfigError(f"--pushgateway: {why}")
+            # A push that cannot be sent would fail after the sync (urllib raises InvalidURL,
+            # not an OSError): checked before it.
+            try:
+                check_http_url(self.pushgateway, mask_text(self.pushgateway))
+            except ValueError as exc:
+                hint = (
+                    "; a / ? or # in the password must be written %2F %3F %23"
+                    if "@" in self.pushgateway
+                    else ""
+                )
+                raise ConfigError(f"--pushgateway: {exc}{hint}") from None
 
     def __bool__(self) -> bool:
         return self.file is not None or self.pushgateway is not None
