@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
@@ -136,9 +136,7 @@ def connect(raw_url: str) -> Engine:
             # SQLAlchemy only warns of SQLite options it ignores: a typo deserves a refusal.
             warnings.simplefilter("error", SAWarning)
             if url.get_backend_name() == "sqlite":
-                # Another sync or a BI tool may hold the file briefly: wait instead of failing.
-                engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_S})
-                event.listen(engine, "connect", _sqlite_pragmas)
+                engine = sqlite_engine(url)
             elif url.get_backend_name() == "postgresql":
                 # psycopg waits for ever for a server that accepts and never answers.
                 timeout = (
@@ -181,13 +179,21 @@ def connected(raw_url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
-# Seconds a SQLite connection waits for another's lock (a sync, a BI tool, a migration).
+# Seconds a SQLite connection waits for another's lock.
 SQLITE_BUSY_S = 60
 
 # Pages of the WAL before SQLite copies it back into the database file (the default is 1,000,
 # about 4 MB): a checkpoint writes and fsyncs, so doing it less often spares a first sync most
 # of its waiting, for a WAL of up to about 40 MB beside the file while a sync runs.
 WAL_AUTOCHECKPOINT_PAGES = 10_000
+
+
+def sqlite_engine(url: URL, **connect_args: Any) -> Engine:
+    """An engine for a SQLite file: WAL and its settings on every connection, and a wait for
+    another's lock (a sync, a BI tool, a migration) instead of a failure."""
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_S, **connect_args})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -282,10 +288,7 @@ def _upgrade(engine: Engine) -> None:
     # would commit at once, and a failure (a user's view on a table it rebuilds) would leave
     # the schema half migrated for good. SQLite rolls DDL back like anything else: the
     # upgrade runs on an engine that begins its transactions itself.
-    migrating = create_engine(
-        engine.url, connect_args={"timeout": SQLITE_BUSY_S, "isolation_level": None}
-    )
-    event.listen(migrating, "connect", _sqlite_pragmas)
+    migrating = sqlite_engine(engine.url, isolation_level=None)
     event.listen(migrating, "begin", lambda connection: connection.exec_driver_sql("BEGIN"))
     try:
         command.upgrade(alembic_config(migrating), "head")
