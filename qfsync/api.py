@@ -30,7 +30,7 @@ from .client import (
 from .errors import ConfigError, QfsyncError
 from .guard import DEFAULT as DEFAULT_MAX_DELETE
 from .guard import DeleteLimit
-from .pages import Job
+from .pages import Job, is_unicode
 from .task_fetch import DEFAULT_CONCURRENCY, DEFAULT_MAX_AGE, TaskFetcher
 from .task_pages import Task
 
@@ -117,11 +117,8 @@ def job_query(
             # `--model "$MODEL"` with MODEL unset: the API lists every job for it, but the
             # run would record a scope of its own, one that never marks a deletion.
             raise ConfigError(f"{option} is empty: leave it out to take every job")
-        if not value.isascii():
-            try:
-                value.encode()
-            except UnicodeEncodeError:  # bytes of another encoding on the command line
-                raise ConfigError(f"{option} holds bytes that are not UTF-8") from None
+        if not is_unicode(value):  # bytes of another encoding on the command line
+            raise ConfigError(f"{option} holds bytes that are not UTF-8")
     return JobQuery(train_mode, model, page_size, reverse)
 
 

@@ -207,6 +207,18 @@ def refuse_lone_surrogates(items: list[Any], list_name: str) -> None:
                 ) from None
 
 
+def is_unicode(text: str) -> bool:
+    """False when `text` holds a lone surrogate, which no UTF-8 output or database can hold:
+    json.loads makes one of a "\\udXXX" escape, Python's argv of bytes that are not UTF-8."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_unicode(value: dict[str, Any] | list[Any]) -> None:
     """Raise UnicodeEncodeError for a lone surrogate anywhere in `value`."""
     pairs = value.items() if isinstance(value, dict) else enumerate(value)
@@ -304,13 +316,11 @@ def parse_listing(body: Any, text: str | bytes, list_name: str) -> Listing:
     next_marker = page_info.get("nextMarker")
     if next_marker is not None and not isinstance(next_marker, str):
         raise malformed("'pageInfo.nextMarker' is not a string", body, text)
-    if next_marker and not next_marker.isascii():
-        try:
-            next_marker.encode()  # it goes into the next request and the run's row
-        except UnicodeEncodeError:
-            raise malformed(
-                "'pageInfo.nextMarker' holds a lone surrogate (not valid Unicode)", body, text
-            ) from None
+    # The next marker goes into the next request and the run's row.
+    if next_marker and not is_unicode(next_marker):
+        raise malformed(
+            "'pageInfo.nextMarker' holds a lone surrogate (not valid Unicode)", body, text
+        )
     if truncated and not next_marker:
         # A page that says more follow but not where: taking it as the last page would end the
         # listing "complete" and mark everything not yet reached as deleted.
