@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SAWarning, SQLAlchemyError
 
-from . import DEFAULT_DATABASE_URL
+from . import DEFAULT_DATABASE_URL, sqlite_schema
 from .errors import ConfigError, DatabaseError, SchemaOutdated
 
 if TYPE_CHECKING:
@@ -276,12 +276,12 @@ def upgrade(engine: Engine) -> None:
 
 
 def _upgrade(engine: Engine) -> None:
+    if engine.dialect.name == "sqlite" and current_revision(engine) is None:
+        sqlite_schema.create(engine)  # a new file: the schema at head, without Alembic
+        return
     from alembic import command
 
-    if engine.dialect.name != "sqlite" or current_revision(engine) is None:
-        # A new SQLite database is created statement by statement, as pysqlite runs DDL: it
-        # has nothing a half-done migration could break, and in one long transaction another
-        # process's first connection to the new file was once refused ("database is locked").
+    if engine.dialect.name != "sqlite":
         command.upgrade(alembic_config(engine), "head")
         return
     # pysqlite's own transactions send no BEGIN before DDL, so each statement of an upgrade

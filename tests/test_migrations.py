@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 import venv
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import OperationalError
 
-from qfsync import db
+from qfsync import db, sqlite_schema
 from qfsync.cli import main
 from qfsync.schema import LongText, UtcDateTime, metadata
 
@@ -119,6 +120,65 @@ def test_a_failed_sqlite_upgrade_is_rolled_back_whole(tmp_path):
         engine.dispose()
 
 
+def migrated_by_alembic(path: Path, revision: str = "head"):
+    """An engine on a new SQLite file brought to `revision` by the migrations themselves."""
+    from alembic import command
+
+    engine = db.connect(f"sqlite:///{path}")
+    command.upgrade(db.alembic_config(engine), revision)
+    return engine
+
+
+def test_the_sqlite_schema_file_is_what_the_migrations_build(tmp_path):
+    """sqlite_schema.sql, which new SQLite files are created from, is the migrations' schema
+    at head, statement for statement (`python -m qfsync.sqlite_schema` writes it again)."""
+    engine = migrated_by_alembic(tmp_path / "migrated.db")
+    try:
+        with engine.connect() as connection:
+            rendered = sqlite_schema.render(connection)
+    finally:
+        engine.dispose()
+    shipped = files("qfsync").joinpath(sqlite_schema.SCHEMA_FILE).read_text(encoding="utf-8")
+    assert rendered == shipped
+    assert f"VALUES ('{db.SCHEMA_HEAD}')" in shipped
+
+
+def test_a_new_sqlite_file_is_created_as_the_migrations_would(tmp_path):
+    """A new file created from the schema file holds the very objects, DDL for DDL, that the
+    migrations make, and the revision at head, so later migrations apply to it as to any."""
+    created = db.connect(f"sqlite:///{tmp_path / 'created.db'}")
+    migrated = migrated_by_alembic(tmp_path / "migrated.db")
+    query = text("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name")
+    try:
+        db.upgrade(created)
+        with created.connect() as c, migrated.connect() as m:
+            assert c.execute(query).all() == m.execute(query).all()
+        assert db.current_revision(created) == db.SCHEMA_HEAD
+    finally:
+        created.dispose()
+        migrated.dispose()
+
+
+def test_a_failed_creation_of_a_new_sqlite_file_leaves_nothing(tmp_path):
+    """The schema is created in one transaction: when a statement fails (here a user's table
+    of the same name as one of qfsync's, in a file without qfsync's schema), nothing of it is
+    left, and the next attempt, once the table is gone, succeeds."""
+    engine = db.connect(f"sqlite:///{tmp_path / 'q.db'}")
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE sync_runs (mine INTEGER)"))
+        with pytest.raises(OperationalError, match="sync_runs"):
+            db.upgrade(engine)
+        assert inspect(engine).get_table_names() == ["sync_runs"]
+        assert inspect(engine).get_view_names() == []
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE sync_runs"))
+        db.upgrade(engine)
+        assert db.current_revision(engine) == db.SCHEMA_HEAD
+    finally:
+        engine.dispose()
+
+
 def test_db_commands(database_url):
     """`db current` reports an empty database as behind; `db upgrade` brings it to head."""
     runner = CliRunner()
@@ -137,7 +197,8 @@ def test_db_commands(database_url):
 @pytest.mark.slow
 def test_wheel_carries_migrations(tmp_path):
     """A wheel built from the repo, installed in a fresh virtualenv outside the checkout, runs
-    `qfsync db upgrade` on SQLite."""
+    `qfsync db upgrade` on a new SQLite file (from its schema file) and upgrades an old one
+    (with its migrations)."""
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
@@ -170,13 +231,34 @@ def test_wheel_carries_migrations(tmp_path):
         check=True,
     ).stdout
     assert str(env_dir) in location
+    # The migrations themselves, from the wheel: an old database upgraded to head.
+    upgraded = subprocess.run(
+        [env_dir / "bin" / "python", "-c", UPGRADE_FROM_0001],
+        cwd=work,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.strip() == db.SCHEMA_HEAD
 
 
-def test_new_databases_migrated_from_threads_of_one_process(tmp_path):
-    """A host syncing four new databases from four threads: Alembic's proxies are global to
+UPGRADE_FROM_0001 = """
+from alembic import command
+from qfsync import db
+engine = db.connect("sqlite:///old.db")
+command.upgrade(db.alembic_config(engine), "0001")
+db.upgrade(engine)
+print(db.current_revision(engine))
+"""
+
+
+def test_databases_upgraded_from_threads_of_one_process(tmp_path):
+    """A host syncing four old databases from four threads: Alembic's proxies are global to
     the process, so unserialised migrations ran each other's DDL on the wrong connection
     (KeyError 'config', 'table already exists'). Each database ends at head, whole."""
-    engines = [db.connect(f"sqlite:///{tmp_path / f'q{n}.db'}") for n in range(4)]
+    # Old, not new: a new SQLite file is created without Alembic (sqlite_schema).
+    engines = [migrated_by_alembic(tmp_path / f"q{n}.db", "0001") for n in range(4)]
     failures: list[BaseException] = []
 
     def migrate(engine) -> None:

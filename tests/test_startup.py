@@ -61,6 +61,17 @@ def test_sync_of_a_current_schema_loads_neither_alembic_nor_other_dialects(
     assert done.stderr == "['sqlalchemy', 'sqlalchemy.dialects.sqlite']"
 
 
+def test_a_first_sync_into_a_new_sqlite_file_loads_no_alembic(
+    fake_api: Callable[..., FakeApi], tmp_path
+) -> None:
+    """A new SQLite file gets its schema from sqlite_schema.sql, not from the migrations:
+    Alembic's import would be the largest part of the first sync's peak memory."""
+    url = f"sqlite:///{tmp_path / 'qfsync.db'}"
+    done = run_cli(fake_api(150), "sync", "--database-url", url)
+    assert "150 inserted" in done.stdout
+    assert done.stderr.endswith("['sqlalchemy', 'sqlalchemy.dialects.sqlite']"), done.stderr
+
+
 def program(*args: str, stdout: int | None = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
     """`qfsync ARGS` as the installed program runs it (`qfsync.cli.run`)."""
     return subprocess.run(
