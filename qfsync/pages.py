@@ -158,7 +158,10 @@ def shape_faults(value: Any, limit: int) -> int:
 def parse_time(value: str) -> datetime:
     """An ISO 8601 time as an aware UTC datetime; a value without an offset is taken as UTC."""
     parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
+    zone = parsed.tzinfo
+    if zone is UTC:  # a "Z", as the API writes every time: no conversion to pay for
+        return parsed
+    if zone is None:
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
 
