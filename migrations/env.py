@@ -17,11 +17,16 @@ if config.config_file_name is not None:
 engine = config.attributes.get("engine") or connect(
     os.environ.get("QFSYNC_DATABASE_URL", DEFAULT_URL)
 )
-with engine.begin() as connection:
+# Each revision commits on its own with its alembic_version row, rather than the whole upgrade
+# at the end: MariaDB commits DDL as it runs anyway, and a revision that fails there must find
+# the ones before it recorded, so that the next upgrade runs only the failed one again (see
+# resumable.py). PostgreSQL and SQLite roll back the failed revision whole.
+with engine.connect() as connection:
     context.configure(
         connection=connection,
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -20,6 +20,8 @@ depends_on: str | Sequence[str] | None = ${repr(depends_on)}
 
 
 def upgrade() -> None:
+    # MariaDB keeps what a failed run of this did: build with qfsync.migrations.resumable's
+    # create_table, create_index, add_column and create_view, which a new run passes over.
     ${upgrades if upgrades else "pass"}
 
 

@@ -311,5 +311,14 @@ def ensure_schema(engine: Engine, migrate: bool) -> str | None:
             f"the database schema is at {current or 'nothing'}, qfsync needs {SCHEMA_HEAD}: "
             f"run `qfsync db upgrade --database-url '{mask(engine.url)}'`"
         )
-    upgrade(engine)
+    try:
+        upgrade(engine)
+    except SQLAlchemyError as exc:
+        # Every revision done is kept (each commits with its alembic_version row) and the failed
+        # one is run again whole, over what MariaDB kept of it (migrations/resumable.py).
+        raise DatabaseError(
+            f"database error on {mask(engine.url)}: upgrading the schema from "
+            f"{current or 'empty'} to {SCHEMA_HEAD} failed: {describe(exc, engine.url)}; once "
+            "that is fixed, `qfsync db upgrade` or the next sync carries on where it stopped"
+        ) from None
     return f"upgraded the database schema from {current or 'empty'} to {SCHEMA_HEAD}"

@@ -122,20 +122,20 @@ CREATE INDEX ix_sync_runs_status_finished_at ON sync_runs (status, finished_at);
 
 CREATE INDEX ix_sync_runs_train_mode_filter_model_filter_mode_started_at ON sync_runs (train_mode_filter, model_filter, mode, started_at);
 
-CREATE VIEW finetuning_jobs_current AS
+CREATE VIEW finetuning_jobs_current AS 
 SELECT job_id, name, description, model, train_mode, created_at,
        first_seen_at, last_seen_at, last_run_id
 FROM finetuning_jobs
 WHERE deleted_at IS NULL;
 
-CREATE VIEW finetuning_jobs_monthly AS
+CREATE VIEW finetuning_jobs_monthly AS 
 SELECT strftime('%Y-%m', created_at) AS month, model, train_mode,
        COUNT(*) AS jobs_created,
        COUNT(CASE WHEN deleted_at IS NULL THEN 1 END) AS jobs_listed
 FROM finetuning_jobs
 GROUP BY strftime('%Y-%m', created_at), model, train_mode;
 
-CREATE VIEW sync_health AS
+CREATE VIEW sync_health AS 
 SELECT
   (SELECT MAX(id) FROM sync_runs) AS last_run_id,
   (SELECT status FROM sync_runs ORDER BY id DESC LIMIT 1) AS last_run_status,
@@ -158,7 +158,7 @@ SELECT
        (SELECT MAX(id) FROM sync_runs WHERE status = 'succeeded' AND mode = 'full'), 0)
   ) AS full_failures_since_success;
 
-CREATE VIEW sync_scopes AS
+CREATE VIEW sync_scopes AS 
 SELECT g.mode, g.train_mode_filter, g.model_filter,
        g.last_run_id, last.status AS last_run_status, last.started_at AS last_run_started_at,
        g.last_success_run_id, ok.finished_at AS last_success_at,
@@ -180,7 +180,7 @@ JOIN sync_runs last ON last.id = g.last_run_id
 LEFT JOIN sync_runs ok ON ok.id = g.last_success_run_id
 LEFT JOIN sync_runs failed ON failed.id = g.last_failure_run_id;
 
-CREATE VIEW finetuning_tasks_current AS
+CREATE VIEW finetuning_tasks_current AS 
 SELECT t.task_id, t.job_id, j.name AS job_name, j.model, j.train_mode,
        t.parameter_scale, t.run_status, t.run_progress, t.created_at, t.finished_at,
        t.duration_s, t.first_seen_at, t.last_seen_at, t.last_run_id
@@ -188,7 +188,7 @@ FROM finetuning_tasks t
 JOIN finetuning_jobs j ON j.job_id = t.job_id
 WHERE t.deleted_at IS NULL AND j.deleted_at IS NULL;
 
-CREATE VIEW finetuning_task_outcomes_monthly AS
+CREATE VIEW finetuning_task_outcomes_monthly AS 
 SELECT strftime('%Y-%m', t.created_at) AS month, j.model, j.train_mode, t.run_status,
        COUNT(*) AS tasks,
        AVG(t.duration_s) AS avg_duration_s,

@@ -1,10 +1,14 @@
 """Migrations: head matches the MetaData on every dialect, and an installed wheel can migrate."""
 
 import os
+import re
 import subprocess
 import sys
 import threading
+import uuid
 import venv
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 
@@ -12,8 +16,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
-from sqlalchemy import inspect, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import create_engine, event, inspect, text
 
 from qfsync import db, sqlite_schema
 from qfsync.cli import main
@@ -95,23 +98,29 @@ def test_downgrade_to_base_and_back(engine):
     assert db.current_revision(engine) == db.SCHEMA_HEAD
 
 
-def test_a_failed_sqlite_upgrade_is_rolled_back_whole(tmp_path):
-    """A user's view on sync_runs makes 0003's rebuild of that table fail. The upgrade fails
-    whole: the schema stays at 0002 with its views, no half-built table is left behind, and
-    once the user's view is gone the next upgrade succeeds. (pysqlite committed each DDL
-    statement on its own, which left the schema broken for good.)"""
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_failed_upgrade_is_rolled_back_whole(database_url):
+    """A user's view on sync_runs.next_marker makes 0003 fail (SQLite cannot rebuild the
+    table, PostgreSQL cannot change the column's type). The failed revision is rolled back
+    whole: the schema stays at 0002 with its views, without 0003's column or a half-built
+    table, and once the user's view is gone the next upgrade succeeds. (pysqlite committed
+    each DDL statement on its own, which left the schema broken for good.)"""
     from alembic import command
 
-    engine = db.connect(f"sqlite:///{tmp_path / 'q.db'}")
+    engine = db.connect(database_url)
     try:
         command.upgrade(db.alembic_config(engine), "0002")
         with engine.begin() as connection:
-            connection.execute(text("CREATE VIEW my_runs AS SELECT id FROM sync_runs"))
-        with pytest.raises(OperationalError, match="my_runs"):
-            db.upgrade(engine)
+            connection.execute(text("CREATE VIEW my_runs AS SELECT id, next_marker FROM sync_runs"))
+        with pytest.raises(db.DatabaseError, match="upgrading the schema from 0002 to 0005"):
+            db.ensure_schema(engine, migrate=True)
         assert db.current_revision(engine) == "0002"
-        names = set(inspect(engine).get_table_names()) | set(inspect(engine).get_view_names())
+        inspector = inspect(engine)
+        names = set(inspector.get_table_names()) | set(inspector.get_view_names())
         assert "sync_health" in names and not [n for n in names if "alembic_tmp" in n]
+        assert "progress_at" not in {
+            column["name"] for column in inspector.get_columns("sync_runs")
+        }
         with engine.begin() as connection:
             connection.execute(text("DROP VIEW my_runs"))
         db.upgrade(engine)
@@ -167,8 +176,8 @@ def test_a_failed_creation_of_a_new_sqlite_file_leaves_nothing(tmp_path):
     try:
         with engine.begin() as connection:
             connection.execute(text("CREATE TABLE sync_runs (mine INTEGER)"))
-        with pytest.raises(OperationalError, match="sync_runs"):
-            db.upgrade(engine)
+        with pytest.raises(db.DatabaseError, match="from empty to .*sync_runs"):
+            db.ensure_schema(engine, migrate=True)
         assert inspect(engine).get_table_names() == ["sync_runs"]
         assert inspect(engine).get_view_names() == []
         with engine.begin() as connection:
@@ -177,6 +186,181 @@ def test_a_failed_creation_of_a_new_sqlite_file_leaves_nothing(tmp_path):
         assert db.current_revision(engine) == db.SCHEMA_HEAD
     finally:
         engine.dispose()
+
+
+@contextmanager
+def mariadb_user_without(database_url: str, privilege: str) -> Iterator[tuple[str, Callable]]:
+    """A user with every privilege on the database but one; yields its URL and a function
+    that grants that one too. The user is dropped afterwards."""
+    url = db.parse_url(database_url)
+    user = f"qfsync_t_{uuid.uuid4().hex[:8]}"
+    on, to = f"ON `{url.database}`.*", f"'{user}'@'%'"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+
+    def grant() -> None:
+        with admin.connect() as connection:
+            connection.execute(text(f"GRANT {privilege} {on} TO {to}"))
+
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f"CREATE USER {to} IDENTIFIED BY '{user}'"))
+            connection.execute(text(f"GRANT ALL PRIVILEGES {on} TO {to}"))
+            connection.execute(text(f"REVOKE {privilege} {on} FROM {to}"))
+        yield url.set(username=user, password=user).render_as_string(hide_password=False), grant
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP USER IF EXISTS {to}"))
+        admin.dispose()
+
+
+def write_rows_of_0002(engine) -> None:
+    """A job and the run that stored it, as qfsync wrote them at revision 0002."""
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO sync_runs (id, started_at, finished_at, status, mode, page_size, "
+                "pages, jobs_seen, jobs_inserted, jobs_updated, jobs_unchanged, jobs_deleted, "
+                "walk_started_at, complete, qfsync_version) VALUES (1, '2024-05-01 10:00:00', "
+                "'2024-05-01 10:01:00', 'succeeded', 'full', 100, 1, 1, 1, 0, 0, 0, "
+                "'2024-05-01 10:00:00', 1, '0.9')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO finetuning_jobs (job_id, name, first_seen_at, last_seen_at, raw, "
+                "content_hash, last_run_id) VALUES ('job-before', 'kept', "
+                "'2024-05-01 10:00:30', '2024-05-01 10:00:30', '{}', :hash, 1)"
+            ),
+            {"hash": "0" * 64},
+        )
+
+
+@pytest.mark.parametrize(
+    ("start", "privilege"),
+    [
+        (None, "INDEX"),  # 0001 stops after its first table
+        ("0002", "CREATE VIEW"),  # 0003 after dropping sync_health and altering sync_runs
+        ("0003", "CREATE VIEW"),  # 0004 after its tables, their indexes and its columns
+        ("0003", "ALTER"),  # 0004 after its tables and their indexes
+    ],
+)
+@pytest.mark.parametrize("database_url", ["mysql"], indirect=True)
+def test_a_mariadb_sync_denied_partway_through_a_migration_carries_on_once_granted(
+    database_url, start, privilege, fake_api, api_env
+):
+    """MariaDB keeps the DDL a migration ran before a statement its user may not run. The
+    sync fails with one line that says so; once the privilege is granted the next sync
+    upgrades to head over what the failed one left, and the rows written before are kept."""
+    from alembic import command
+
+    api_env(fake_api(jobs=5))
+    root = db.connect(database_url)
+    try:
+        if start is not None:
+            command.upgrade(db.alembic_config(root), "0002")
+            write_rows_of_0002(root)
+            command.upgrade(db.alembic_config(root), start)
+        with mariadb_user_without(database_url, privilege) as (url, grant):
+            denied = CliRunner().invoke(main, ["sync", "--tasks", "--database-url", url])
+            assert denied.exit_code == 1, denied.output
+            [line] = denied.stderr.splitlines()
+            assert f"upgrading the schema from {start or 'empty'} to {db.SCHEMA_HEAD}" in line
+            assert f"{privilege} command denied" in line and "carries on" in line, line
+            assert db.current_revision(root) == start
+            grant()
+            synced = CliRunner().invoke(main, ["sync", "--tasks", "--database-url", url])
+            assert synced.exit_code == 0, synced.output
+        assert db.current_revision(root) == db.SCHEMA_HEAD
+        with root.connect() as connection:
+            assert compare_metadata(MigrationContext.configure(connection), metadata) == []
+            assert VIEWS <= set(inspect(connection).get_view_names())
+            jobs = connection.scalar(text("SELECT COUNT(*) FROM finetuning_jobs"))
+            runs = connection.execute(text("SELECT id, status FROM sync_runs ORDER BY id")).all()
+            kept = connection.execute(
+                text("SELECT name FROM finetuning_jobs WHERE job_id = 'job-before'")
+            ).all()
+        if start is None:
+            assert (jobs, runs) == (5, [(1, "succeeded")])
+        else:
+            assert (jobs, kept) == (6, [("kept",)])
+            assert runs == [(1, "succeeded"), (2, "succeeded")]
+    finally:
+        root.dispose()
+
+
+class Cut:
+    """Watches an engine's statements that change the database (the inspector's only read),
+    counting them, noting the revision each alembic_version write records, and killing the
+    connection, as a server restart or a DBA would, just before the `at`-th if set."""
+
+    WRITES = ("CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE")
+
+    def __init__(self, engine, admin) -> None:
+        self.admin = admin
+        self.arm(None)
+        event.listen(engine, "before_cursor_execute", self.before)
+
+    def arm(self, at: int | None) -> None:
+        self.at, self.sent, self.recorded = at, 0, []
+
+    def before(self, connection, cursor, statement, *_) -> None:
+        if not statement.lstrip().upper().startswith(self.WRITES):
+            return
+        self.sent += 1
+        if self.sent == self.at:
+            with self.admin.connect() as other:
+                other.execute(text(f"KILL CONNECTION {cursor.connection.thread_id()}"))
+        elif statement.startswith(("INSERT INTO alembic_version", "UPDATE alembic_version")):
+            # ... VALUES ('0001') ... or ... SET version_num='0002' WHERE ...
+            self.recorded.append((self.sent, re.search(r"'(\w+)'", statement)[1]))
+
+
+def mariadb_schema(engine) -> dict[str, str]:
+    """Every table and view as the server shows its CREATE statement."""
+    with engine.connect() as connection:
+        shown = {}
+        for name, kind in connection.execute(text("SHOW FULL TABLES")).all():
+            show = "VIEW" if kind == "VIEW" else "TABLE"
+            shown[name] = connection.execute(text(f"SHOW CREATE {show} `{name}`")).one()[1]
+        return shown
+
+
+@pytest.mark.parametrize("database_url", ["mysql"], indirect=True)
+def test_a_mariadb_upgrade_cut_short_before_any_statement_is_carried_on(database_url):
+    """An upgrade of an empty database loses its connection just before each statement that
+    changes the schema, in turn. MariaDB keeps what ran before it; every revision done is
+    recorded; and the next upgrade leaves exactly the schema an uninterrupted one makes.
+    (Every statement of every migration: a new one written with plain `op` fails here.)"""
+    url = db.parse_url(database_url)
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    engine = db.connect(database_url)
+    cut = Cut(engine, admin)
+    try:
+        db.upgrade(engine)
+        whole, statements, recorded = mariadb_schema(engine), cut.sent, cut.recorded
+        stuck = []
+        for at in range(1, statements + 1):
+            with admin.connect() as connection:
+                connection.execute(text(f"DROP DATABASE `{url.database}`"))
+                connection.execute(text(f"CREATE DATABASE `{url.database}` CHARACTER SET utf8mb4"))
+            cut.arm(at)
+            with pytest.raises(db.DatabaseError, match="Lost connection|gone away"):
+                db.ensure_schema(engine, migrate=True)
+            cut.arm(None)
+            done = [None] + [revision for sent, revision in recorded if sent < at]
+            if db.current_revision(engine) != done[-1]:
+                stuck.append((at, f"at {db.current_revision(engine)}, not {done[-1]}"))
+            try:
+                db.ensure_schema(engine, migrate=True)
+            except db.DatabaseError as exc:
+                stuck.append((at, str(exc)))
+                continue
+            if mariadb_schema(engine) != whole:
+                stuck.append((at, "a schema unlike the uninterrupted upgrade's"))
+        assert stuck == []
+    finally:
+        engine.dispose()
+        admin.dispose()
 
 
 def test_db_commands(database_url):

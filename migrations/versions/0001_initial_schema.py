@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from qfsync.migrations.resumable import create_index, create_table
 from qfsync.schema import LongText, UtcDateTime
 
 revision: str = "0001"
@@ -18,7 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    create_table(
         "finetuning_job_versions",
         sa.Column("job_id", sa.String(length=128), nullable=False, comment="Qianfan jobId."),
         sa.Column(
@@ -64,14 +65,11 @@ def upgrade() -> None:
         mysql_charset="utf8mb4",
         mysql_collate="utf8mb4_bin",
     )
-    op.create_index(
-        op.f("ix_finetuning_job_versions_valid_from"),
-        "finetuning_job_versions",
-        ["valid_from"],
-        unique=False,
+    create_index(
+        op.f("ix_finetuning_job_versions_valid_from"), "finetuning_job_versions", ["valid_from"]
     )
 
-    op.create_table(
+    create_table(
         "finetuning_jobs",
         sa.Column("job_id", sa.String(length=128), nullable=False, comment="Qianfan jobId."),
         sa.Column("name", LongText, nullable=True, comment="Job name as listed."),
@@ -133,20 +131,13 @@ def upgrade() -> None:
         mysql_charset="utf8mb4",
         mysql_collate="utf8mb4_bin",
     )
-    op.create_index(
-        op.f("ix_finetuning_jobs_created_at"), "finetuning_jobs", ["created_at"], unique=False
-    )
-    op.create_index(
-        op.f("ix_finetuning_jobs_deleted_at"), "finetuning_jobs", ["deleted_at"], unique=False
-    )
-    op.create_index(
-        op.f("ix_finetuning_jobs_model_train_mode"),
-        "finetuning_jobs",
-        ["model", "train_mode"],
-        unique=False,
+    create_index(op.f("ix_finetuning_jobs_created_at"), "finetuning_jobs", ["created_at"])
+    create_index(op.f("ix_finetuning_jobs_deleted_at"), "finetuning_jobs", ["deleted_at"])
+    create_index(
+        op.f("ix_finetuning_jobs_model_train_mode"), "finetuning_jobs", ["model", "train_mode"]
     )
 
-    op.create_table(
+    create_table(
         "sync_runs",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False, comment="Run number."),
         sa.Column(
@@ -246,18 +237,12 @@ def upgrade() -> None:
         mysql_charset="utf8mb4",
         mysql_collate="utf8mb4_bin",
     )
-    op.create_index(op.f("ix_sync_runs_started_at"), "sync_runs", ["started_at"], unique=False)
-    op.create_index(
-        op.f("ix_sync_runs_status_finished_at"),
-        "sync_runs",
-        ["status", "finished_at"],
-        unique=False,
-    )
-    op.create_index(
+    create_index(op.f("ix_sync_runs_started_at"), "sync_runs", ["started_at"])
+    create_index(op.f("ix_sync_runs_status_finished_at"), "sync_runs", ["status", "finished_at"])
+    create_index(
         op.f("ix_sync_runs_train_mode_filter_model_filter_mode_started_at"),
         "sync_runs",
         ["train_mode_filter", "model_filter", "mode", "started_at"],
-        unique=False,
     )
 
 

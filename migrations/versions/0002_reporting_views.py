@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
+from qfsync.migrations.resumable import create_view
+
 revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
@@ -26,7 +28,6 @@ AGE_S = {
 }
 
 CURRENT = """
-CREATE VIEW finetuning_jobs_current AS
 SELECT job_id, name, description, model, train_mode, created_at,
        first_seen_at, last_seen_at, last_run_id
 FROM finetuning_jobs
@@ -34,7 +35,6 @@ WHERE deleted_at IS NULL
 """
 
 MONTHLY = """
-CREATE VIEW finetuning_jobs_monthly AS
 SELECT {month} AS month, model, train_mode,
        COUNT(*) AS jobs_created,
        COUNT(CASE WHEN deleted_at IS NULL THEN 1 END) AS jobs_listed
@@ -44,7 +44,6 @@ GROUP BY {month}, model, train_mode
 
 LAST_SUCCESS = "(SELECT MAX(finished_at) FROM sync_runs WHERE status = 'succeeded')"
 HEALTH = f"""
-CREATE VIEW sync_health AS
 SELECT
   (SELECT MAX(id) FROM sync_runs) AS last_run_id,
   (SELECT status FROM sync_runs ORDER BY id DESC LIMIT 1) AS last_run_status,
@@ -65,9 +64,9 @@ VIEWS = ("sync_health", "finetuning_jobs_monthly", "finetuning_jobs_current")
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
     dialect = "mysql" if dialect == "mariadb" else dialect
-    op.execute(CURRENT)
-    op.execute(MONTHLY.format(month=MONTH[dialect]))
-    op.execute(HEALTH.format(age=AGE_S[dialect].format(LAST_SUCCESS)))
+    create_view("finetuning_jobs_current", CURRENT)
+    create_view("finetuning_jobs_monthly", MONTHLY.format(month=MONTH[dialect]))
+    create_view("sync_health", HEALTH.format(age=AGE_S[dialect].format(LAST_SUCCESS)))
 
 
 def downgrade() -> None:

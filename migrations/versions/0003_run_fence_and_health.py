@@ -19,6 +19,7 @@ from types import ModuleType
 import sqlalchemy as sa
 from alembic import op
 
+from qfsync.migrations.resumable import create_view, missing_column
 from qfsync.schema import LongText, UtcDateTime
 
 revision: str = "0003"
@@ -44,7 +45,6 @@ LAST_FULL_SUCCESS = (
     "(SELECT MAX(finished_at) FROM sync_runs WHERE status = 'succeeded' AND mode = 'full')"
 )
 HEALTH = f"""
-CREATE VIEW sync_health AS
 SELECT
   (SELECT MAX(id) FROM sync_runs) AS last_run_id,
   (SELECT status FROM sync_runs ORDER BY id DESC LIMIT 1) AS last_run_status,
@@ -74,7 +74,6 @@ SAME_SCOPE = """
   AND COALESCE(f.train_mode_filter, '') = COALESCE(g.train_mode_filter, '')
   AND COALESCE(f.model_filter, '') = COALESCE(g.model_filter, '')"""
 SCOPES = f"""
-CREATE VIEW sync_scopes AS
 SELECT g.mode, g.train_mode_filter, g.model_filter,
        g.last_run_id, last.status AS last_run_status, last.started_at AS last_run_started_at,
        g.last_success_run_id, ok.finished_at AS last_success_at,
@@ -102,17 +101,19 @@ def _dialect() -> str:
 
 def upgrade() -> None:
     age = _previous().AGE_S[_dialect()]
-    # SQLite rebuilds sync_runs below, which a view that reads it would not survive.
-    op.execute("DROP VIEW sync_health")
+    # SQLite rebuilds sync_runs below, which a view that reads it would not survive. (A
+    # failed run of this migration on MariaDB may have dropped it already.)
+    op.execute("DROP VIEW IF EXISTS sync_health")
     with op.batch_alter_table("sync_runs") as batch:
-        batch.add_column(
-            sa.Column(
-                "progress_at",
-                UtcDateTime(),
-                nullable=True,
-                comment=PROGRESS_COMMENT,
+        if missing_column("sync_runs", "progress_at"):
+            batch.add_column(
+                sa.Column(
+                    "progress_at",
+                    UtcDateTime(),
+                    nullable=True,
+                    comment=PROGRESS_COMMENT,
+                )
             )
-        )
         batch.alter_column(
             "next_marker",
             existing_type=sa.String(length=255),
@@ -121,7 +122,10 @@ def upgrade() -> None:
             existing_comment=MARKER_COMMENT,
         )
     # Older runs recorded no progress time: their end (or start) is the best there is.
-    op.execute("UPDATE sync_runs SET progress_at = COALESCE(finished_at, started_at)")
+    op.execute(
+        "UPDATE sync_runs SET progress_at = COALESCE(finished_at, started_at) "
+        "WHERE progress_at IS NULL"
+    )
     with op.batch_alter_table("sync_runs") as batch:
         batch.alter_column(
             "progress_at",
@@ -129,8 +133,11 @@ def upgrade() -> None:
             nullable=False,
             existing_comment=PROGRESS_COMMENT,
         )
-    op.execute(HEALTH.format(age=age.format(LAST_SUCCESS), full_age=age.format(LAST_FULL_SUCCESS)))
-    op.execute(SCOPES.format(age=age.format("ok.finished_at")))
+    create_view(
+        "sync_health",
+        HEALTH.format(age=age.format(LAST_SUCCESS), full_age=age.format(LAST_FULL_SUCCESS)),
+    )
+    create_view("sync_scopes", SCOPES.format(age=age.format("ok.finished_at")))
 
 
 def downgrade() -> None:
@@ -147,4 +154,4 @@ def downgrade() -> None:
             existing_comment=MARKER_COMMENT,
         )
     age = previous.AGE_S[_dialect()]
-    op.execute(previous.HEALTH.format(age=age.format(previous.LAST_SUCCESS)))
+    create_view("sync_health", previous.HEALTH.format(age=age.format(previous.LAST_SUCCESS)))

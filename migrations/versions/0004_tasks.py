@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from qfsync.migrations.resumable import add_column, create_index, create_table, create_view
 from qfsync.schema import UtcDateTime
 
 revision: str = "0004"
@@ -34,7 +35,6 @@ MONTH = {
 }
 
 CURRENT = """
-CREATE VIEW finetuning_tasks_current AS
 SELECT t.task_id, t.job_id, j.name AS job_name, j.model, j.train_mode,
        t.parameter_scale, t.run_status, t.run_progress, t.created_at, t.finished_at,
        t.duration_s, t.first_seen_at, t.last_seen_at, t.last_run_id
@@ -44,7 +44,6 @@ WHERE t.deleted_at IS NULL AND j.deleted_at IS NULL
 """
 
 OUTCOMES = """
-CREATE VIEW finetuning_task_outcomes_monthly AS
 SELECT {month} AS month, j.model, j.train_mode, t.run_status,
        COUNT(*) AS tasks,
        AVG(t.duration_s) AS avg_duration_s,
@@ -58,7 +57,7 @@ VIEWS = ("finetuning_task_outcomes_monthly", "finetuning_tasks_current")
 
 
 def create_tables() -> None:
-    op.create_table(
+    create_table(
         "finetuning_tasks",
         sa.Column("task_id", sa.String(length=128), nullable=False, comment="Qianfan taskId."),
         sa.Column(
@@ -140,9 +139,9 @@ def create_tables() -> None:
         **MYSQL_TABLE,
     )
     for column in ("job_id", "run_status", "created_at", "finished_at"):
-        op.create_index(op.f(f"ix_finetuning_tasks_{column}"), "finetuning_tasks", [column])
+        create_index(op.f(f"ix_finetuning_tasks_{column}"), "finetuning_tasks", [column])
 
-    op.create_table(
+    create_table(
         "finetuning_task_versions",
         sa.Column("task_id", sa.String(length=128), nullable=False, comment="Qianfan taskId."),
         sa.Column(
@@ -183,11 +182,11 @@ def create_tables() -> None:
         comment="History: one row per distinct (run_status, finished_at) of a task.",
         **MYSQL_TABLE,
     )
-    op.create_index(
+    create_index(
         op.f("ix_finetuning_task_versions_valid_from"), "finetuning_task_versions", ["valid_from"]
     )
 
-    op.create_table(
+    create_table(
         "finetuning_task_lists",
         sa.Column("job_id", sa.String(length=128), nullable=False, comment="Qianfan jobId."),
         sa.Column(
@@ -213,14 +212,14 @@ def upgrade() -> None:
     for name, comment in TASK_COUNTS:
         # A constant default lets SQLite add a NOT NULL column in place, without rebuilding
         # the table (which the sync_health view depends on); earlier runs count 0.
-        op.add_column(
+        add_column(
             "sync_runs",
             sa.Column(name, sa.Integer(), nullable=False, server_default="0", comment=comment),
         )
     dialect = op.get_bind().dialect.name
     dialect = "mysql" if dialect == "mariadb" else dialect
-    op.execute(CURRENT)
-    op.execute(OUTCOMES.format(month=MONTH[dialect]))
+    create_view("finetuning_tasks_current", CURRENT)
+    create_view("finetuning_task_outcomes_monthly", OUTCOMES.format(month=MONTH[dialect]))
 
 
 def downgrade() -> None:
