@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import logs
 from .client import (
     DEFAULT_BASE_URL,
     MAX_PAGE_SIZE,
@@ -168,7 +169,7 @@ def jobs(
                     "page %d: %d jobs",
                     number,
                     len(page.jobs),
-                    extra={"page": number, "marker": page.marker, "request_id": page.request_id},
+                    extra=logs.facts(page=number, marker=page.marker, request_id=page.request_id),
                 )
                 yield from page.jobs
 
@@ -302,7 +303,7 @@ def sync(
                 result.pages,
                 result.jobs_seen,
                 result.duration_s,
-                extra=result.to_json(),
+                extra=logs.facts(**result.to_json()),
             )
             return result
         except BaseException as exc:

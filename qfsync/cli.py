@@ -81,7 +81,7 @@ def fail(message: str, exit_code: int, exc: BaseException | None = None) -> None
         facts = {key: getattr(exc, key, None) for key in ("run_id", "request_id")}
         if exc is not None:
             facts["error"] = str(exc)
-        log.error(message, extra={"exit_code": exit_code, **facts})
+        log.error(message, extra=logs.facts(exit_code=exit_code, **facts))
     else:
         click.echo(f"qfsync: {message}", err=True)
     sys.exit(exit_code)

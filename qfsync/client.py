@@ -21,7 +21,7 @@ import orjson
 import requests
 import urllib3
 
-from . import __version__, signer
+from . import __version__, logs, signer
 from .errors import ApiError, MalformedResponse, PagingError, RetriesExhausted, TransientError
 from .pages import Page, decode, excerpt, parse_page
 from .throttle import Throttle
@@ -425,13 +425,13 @@ class Client:
                     attempt,
                     exc,
                     delay,
-                    extra={
-                        "attempt": attempt,
-                        "delay_s": round(delay, 3),
-                        "error": str(exc),
-                        "request_id": exc.request_id,
-                        "marker": body.get("marker"),
-                    },
+                    extra=logs.facts(
+                        attempt=attempt,
+                        delay_s=round(delay, 3),
+                        error=str(exc),
+                        request_id=exc.request_id,
+                        marker=body.get("marker"),
+                    ),
                 )
                 self.stats.retried(exc, delay)
                 # A stop request (SIGINT/SIGTERM) must not wait out a long backoff.

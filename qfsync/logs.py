@@ -1,9 +1,9 @@
 """Log lines for people, or one JSON object a line for Loki or Elasticsearch.
 
-qfsync's modules log through `logging` with their facts in `extra=` (page, marker, request_id,
-attempt, delay_s, error, ...); the run id comes from a context variable that the sync sets, so
-the client's retry lines carry it too. Only the command line configures logging (`configure`):
-used as a library, qfsync leaves the application's logging as it found it.
+qfsync's modules log through `logging` with their facts in `extra=facts(...)` (page, marker,
+request_id, attempt, delay_s, error, ...); the run id comes from a context variable that the
+sync sets, so the client's retry lines carry it too. Only the command line configures logging
+(`configure`): used as a library, qfsync leaves the application's logging as it found it.
 """
 
 import json
@@ -22,16 +22,32 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The run whose work is being logged; set once the run's row exists.
 run_id: ContextVar[int | None] = ContextVar("qfsync_run_id", default=None)
 
-# Attributes every LogRecord has: whatever else a record carries came in through `extra=`.
-_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# qfsync's facts ride on a record as one attribute, not one attribute each: a host's LogRecord
+# factory may set `request_id` or `run_id` itself, and logging refuses an `extra` key that the
+# record already has (KeyError "Attempt to overwrite ..."), which would fail a sync over a
+# log line.
+FACTS = "qfsync_facts"
+# Attributes every LogRecord has: whatever else a record carries came in through `extra=` (or
+# a host's LogRecord factory).
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", FACTS}
+
+
+def facts(**values: Any) -> dict[str, dict[str, Any]]:
+    """The `extra=` of a qfsync log line that states these facts."""
+    return {FACTS: values}
+
+
+def facts_of(record: logging.LogRecord) -> dict[str, Any]:
+    return getattr(record, FACTS, None) or {}
 
 
 class RunContext(logging.Filter):
     """Adds the current run id to each record that does not name one itself."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "run_id", None) is None:
-            record.run_id = run_id.get()
+        stated = facts_of(record)
+        if stated.get("run_id") is None:
+            setattr(record, FACTS, {**stated, "run_id": run_id.get()})
         return True
 
 
@@ -57,11 +73,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update(
-            (key, value)
-            for key, value in vars(record).items()
-            if key not in _RECORD_ATTRIBUTES and value is not None
-        )
+        # What a host's factory or another library's `extra=` added, then qfsync's own facts.
+        for key, value in [*vars(record).items(), *facts_of(record).items()]:
+            if key not in _RECORD_ATTRIBUTES and value is not None:
+                entry[key] = value
         if record.exc_info and record.exc_info[1] is not None:
             entry.setdefault("error", str(record.exc_info[1]))
         entry = {

@@ -106,12 +106,12 @@ def log_page(number: int, page: Page, counts: Counts) -> None:
         counts.inserted,
         counts.updated,
         counts.unchanged,
-        extra={
-            "page": number,
-            "marker": page.marker,
-            "next_marker": page.next_marker,
-            "request_id": page.request_id,
-        },
+        extra=logs.facts(
+            page=number,
+            marker=page.marker,
+            next_marker=page.next_marker,
+            request_id=page.request_id,
+        ),
     )
 
 

@@ -1,6 +1,7 @@
 """Logs in a real process: with --log-format json every line on stderr is one JSON object with
 the run's facts; --verbose adds a line per page; secrets appear in neither format."""
 
+import io
 import json
 import logging
 import os
@@ -11,9 +12,10 @@ import sys
 import pytest
 from sqlalchemy.engine import make_url
 
+from qfsync import api as qfsync_api
 from qfsync.errors import UNSAFE
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Faults
-from qfsync.logs import JsonFormatter, TextFormatter
+from qfsync.logs import JsonFormatter, RunContext, TextFormatter
 
 WRONG_SECRET = "wrong-secret-Qm4xT7"
 DB_PASSWORD = "db-password-Zr8wK2"
@@ -195,3 +197,51 @@ def test_a_servers_text_in_a_log_line_is_escaped(formatter) -> None:
     assert "t1\\x00\\x1b[2J\\nforged WARNING line\\u2028\\u202eevil" in (
         line if isinstance(formatter, TextFormatter) else json.loads(line)["marker"]
     )
+
+
+# Every fact qfsync states in its log lines, which a host's own LogRecord factory may set too.
+HOST_FIELDS = ("run_id", "request_id", "page", "marker", "next_marker", "attempt", "delay_s")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_hosts_record_factory_with_the_same_fields_fails_nothing(database_url, fake_api):
+    """A host whose LogRecord factory puts its own run_id, request_id and the like on every
+    record: logging refuses an `extra=` key that a record already has, which failed the sync
+    at its first retry or page line. The sync succeeds, and its JSON lines show qfsync's
+    facts, not the host's."""
+    api = fake_api(300, Faults(throttle_rate=0.3, retry_after_s=0))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RunContext())
+    logger = logging.getLogger("qfsync")
+    level, host_factory = logger.level, logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = host_factory(*args, **kwargs)
+        for field in HOST_FIELDS:
+            setattr(record, field, "host's")
+        return record
+
+    logging.setLogRecordFactory(factory)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        result = qfsync_api.sync(
+            database_url,
+            endpoint=api.url,
+            access_key=DEMO_ACCESS_KEY,
+            secret_key=DEMO_SECRET_KEY,
+            max_retry_wait=5,
+        )
+    finally:
+        logging.setLogRecordFactory(host_factory)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert result.status == "succeeded" and result.jobs_inserted == 300
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    pages = [e for e in entries if e["message"].startswith("page ")]
+    assert [e["page"] for e in pages] == list(range(1, result.pages + 1))
+    assert all(e["run_id"] == result.run_id and e["request_id"] != "host's" for e in pages)
+    retries = [e for e in entries if e["logger"] == "qfsync.client"]
+    assert retries and all(type(e["attempt"]) is int for e in retries)
