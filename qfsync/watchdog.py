@@ -165,3 +165,14 @@ class WatchedAdapter(HTTPAdapter):
         if not proxy.lower().startswith("socks"):  # SOCKS pools have connections of their own
             manager.pool_classes_by_scheme = POOLS
         return manager
+
+    def close(self) -> None:
+        """requests' close, which under urllib3 2 only forgets the pools: their sockets would
+        stay open until the pools are garbage collected, which a failure's traceback (held by
+        a host, or in a reference cycle) can put off indefinitely."""
+        for manager in [self.poolmanager, *self.proxy_manager.values()]:
+            for key in list(manager.pools.keys()):
+                pool = manager.pools.get(key)
+                if pool is not None:
+                    pool.close()
+        super().close()

@@ -1,9 +1,11 @@
 """The Python API: `qfsync.sync` and `qfsync.jobs` do what the commands do, raise what the
 commands translate, and leave the host application's signals and logging alone."""
 
+import gc
 import json
 import logging
 import signal
+import socket
 import subprocess
 import sys
 
@@ -187,6 +189,38 @@ def test_jobs_yields_every_job_in_order(fake_api, monkeypatch):
     with pytest.raises(ConfigError, match="no credentials"):
         qfsync.jobs(endpoint=api.url)
     assert api.request_count == requests
+
+
+def sockets_to(api) -> list[socket.socket]:
+    """This process's open sockets connected to the fake API (not its own accepted ones)."""
+    port = int(api.url.rsplit(":", 1)[1])
+    found = []
+    for candidate in gc.get_objects():
+        if isinstance(candidate, socket.socket) and candidate.fileno() != -1:
+            try:
+                if candidate.getpeername()[1] == port and candidate.getsockname()[1] != port:
+                    found.append(candidate)
+            except OSError:
+                pass  # not connected
+    return found
+
+
+def test_a_failed_call_leaves_no_connection_open(tmp_path, fake_api):
+    """A sync or walk the API refuses closes its connection as it returns, not when the
+    garbage collector reaches the exception's frames (urllib3 2 leaves a forgotten pool's
+    sockets to its finalizer, and a traceback a host keeps, or a cycle, holds it)."""
+    api = fake_api(20)
+    refused = {**credentials(api), "secret_key": "wrong-secret"}
+    gc.disable()
+    try:
+        with pytest.raises(ApiError) as failed_sync:
+            qfsync.sync(f"sqlite:///{tmp_path / 'q.db'}", **refused)
+        with pytest.raises(ApiError) as failed_walk:
+            list(qfsync.jobs(**refused))
+        assert sockets_to(api) == []
+        assert failed_sync.value and failed_walk.value  # still held, with their frames
+    finally:
+        gc.enable()
 
 
 def test_import_qfsync_is_light():
