@@ -332,16 +332,15 @@ class Sync:
 
     def _explain(self, exc: BaseException) -> BaseException:
         """The error to record and raise: the interruption if one was asked for, a database
-        error without the driver's noise, or the error itself. Only an unexpected Exception is
-        a qfsync bug ("internal error"); what lies outside Exception (KeyboardInterrupt, a
-        host's AirflowTaskTerminated) belongs to the caller and reaches it as itself."""
+        error without the driver's noise, or the error itself. Anything else reaches the caller
+        as itself: it may be the host's own (Celery's SoftTimeLimitExceeded raised from a
+        signal handler, Airflow's AirflowTaskTerminated), which the host must recognise; the
+        command line calls the rest an internal error."""
         if self.stop.reason is not None:
             return self.stop.reason
         if isinstance(exc, SQLAlchemyError):
             return self._database_error(exc)
-        if isinstance(exc, QfsyncError) or not isinstance(exc, Exception):
-            return exc
-        return QfsyncError(f"internal error: {type(exc).__name__}: {exc}")
+        return exc
 
     def _ready(self, page: Page) -> Ready:
         """Check the page against its columns and prepare it for the writer (on a thread of

@@ -130,16 +130,23 @@ class HostTerminated(BaseException):
     """What a host raises to end a task, as Airflow's AirflowTaskTerminated does."""
 
 
-def test_a_host_termination_passes_through_and_fails_the_run(tmp_path, fake_api):
-    """An exception outside Exception, raised by the host from a callback, reaches the host as
-    itself (not as a qfsync "internal error"), and the run is recorded failed with its name."""
+class SoftTimeLimit(Exception):
+    """What a host raises to end a task, as Celery's SoftTimeLimitExceeded does (from a signal
+    handler, so wherever the sync happens to be)."""
+
+
+@pytest.mark.parametrize("ending", [HostTerminated, SoftTimeLimit])
+def test_a_host_termination_passes_through_and_fails_the_run(tmp_path, fake_api, ending):
+    """An exception of the host's, inside Exception or outside it, raised by the host from a
+    callback, reaches the host as itself (not as a qfsync "internal error"), and the run is
+    recorded failed with its name."""
     api = fake_api(300)
     url = f"sqlite:///{tmp_path / 'q.db'}"
 
     def terminate(result):
-        raise HostTerminated("the scheduler ended the task")
+        raise ending("the scheduler ended the task")
 
-    with pytest.raises(HostTerminated):
+    with pytest.raises(ending):
         qfsync.sync(url, page_size=50, progress=terminate, **credentials(api))
     engine = db.connect(url)
     try:
@@ -148,7 +155,7 @@ def test_a_host_termination_passes_through_and_fails_the_run(tmp_path, fake_api)
     finally:
         engine.dispose()
     assert status == "failed"
-    assert "HostTerminated" in error and "internal error" not in error
+    assert ending.__name__ in error and "internal error" not in error
 
 
 def test_library_use_leaves_signals_and_logging_alone(tmp_path, fake_api, monkeypatch):
