@@ -10,6 +10,7 @@ are named `qfsync.*`.
 """
 
 import contextvars
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -144,7 +145,14 @@ def sync_settings(query: JobQuery, max_delete: str | DeleteLimit) -> DeleteLimit
         raise ConfigError(f"--max-delete: {exc}") from None
 
 
-def jobs(
+def jobs(**options: Any) -> Iterator[Job]:
+    """Every job the API lists, in its order (newest first with `reverse`), without touching a
+    database. Takes the arguments of `job_pages`; settings are checked at once, and requests
+    start with the first job asked for."""
+    return itertools.chain.from_iterable(job_pages(**options))
+
+
+def job_pages(
     *,
     endpoint: str | None = None,
     access_key: str | None = None,
@@ -156,13 +164,12 @@ def jobs(
     max_attempts: int = RetryPolicy.max_attempts,
     max_retry_wait: float = RetryPolicy.max_wait_s,
     timeout: float = RetryPolicy.read_timeout_s,
-) -> Iterator[Job]:
-    """Every job the API lists, in its order (newest first with `reverse`), without touching a
-    database. Settings are checked at once; requests start with the first job asked for."""
+) -> Iterator[list[Job]]:
+    """`jobs`, a page at a time: each page's jobs as one list."""
     query = job_query(train_mode, model, page_size, reverse)
     client = make_client(endpoint, access_key, secret_key, max_attempts, max_retry_wait, timeout)
 
-    def generate() -> Iterator[Job]:
+    def generate() -> Iterator[list[Job]]:
         with client:
             for number, page in enumerate(walk(client, query), 1):
                 log.debug(
@@ -171,7 +178,7 @@ def jobs(
                     len(page.jobs),
                     extra=logs.facts(page=number, marker=page.marker, request_id=page.request_id),
                 )
-                yield from page.jobs
+                yield page.jobs
 
     return generate()
 

@@ -252,10 +252,10 @@ def jobs(
     """
     write = stdout().buffer.write
     try:
-        for job in api.jobs(
+        for page in api.job_pages(
             train_mode=train_mode, model=model, page_size=page_size, reverse=reverse, **options
         ):
-            write(job_line(job))
+            write(page_lines(page))
         sys.stdout.flush()
     except BrokenPipeError:
         reader_gone()
@@ -269,11 +269,22 @@ def stdout() -> Any:
     return sys.stdout
 
 
-def job_line(job: Job) -> bytes:
-    """One line of `qfsync jobs`: orjson writes the record's fields, several times faster than
-    json; an integer beyond 64 bits in the item, which orjson refuses, goes through json."""
+def page_lines(jobs: list[Job]) -> bytes:
+    """A page's lines of `qfsync jobs`: orjson writes each record's fields, several times
+    faster than json, and the page in one go (half the cost of a call and a write per job)."""
+    if not jobs:
+        return b""
     try:
-        return orjson.dumps(job, option=orjson.OPT_APPEND_NEWLINE)
+        return b"\n".join(map(orjson.dumps, jobs)) + b"\n"
+    except orjson.JSONEncodeError:
+        return b"".join(map(job_line, jobs))
+
+
+def job_line(job: Job) -> bytes:
+    """One line of `qfsync jobs`: an integer beyond 64 bits in the item, which orjson refuses,
+    goes through json."""
+    try:
+        return orjson.dumps(job) + b"\n"
     except orjson.JSONEncodeError:
         return (dumps(job.to_json()) + "\n").encode()
 

@@ -54,11 +54,18 @@ def test_any_json_item_hashes_as_before(item: dict[str, Any]) -> None:
 
 
 def test_jobs_line_is_the_record_as_before() -> None:
-    """`qfsync jobs` writes each record with orjson: the same fields and values as before."""
-    from qfsync.cli import dumps, job_line
+    """`qfsync jobs` writes each record with orjson, a page at a time: the same fields and
+    values as before, one line each, also in a page orjson refuses (an integer beyond 64 bits)."""
+    from qfsync.cli import dumps, page_lines
 
-    for i, item in enumerate([*FakeApi(50).job_list(), *TRICKY.values()]):
-        job = parse_job({"jobId": "j", **item, "createTime": "2024-05-01T08:00:00.5+08:00"}, i)
-        line = job_line(job)
-        assert line.endswith(b"\n") and line.count(b"\n") == 1
-        assert json.loads(line) == json.loads(dumps(job.to_json()))  # the former line
+    jobs = [
+        parse_job({"jobId": "j", **item, "createTime": "2024-05-01T08:00:00.5+08:00"}, i)
+        for i, item in enumerate([*FakeApi(50).job_list(), *TRICKY.values()])
+    ]
+    for page in ([job] for job in jobs):
+        (line,) = page_lines(page).splitlines(keepends=True)
+        assert line.endswith(b"\n")
+        assert json.loads(line) == json.loads(dumps(page[0].to_json()))  # the former line
+    lines = page_lines(jobs).splitlines(keepends=True)
+    assert [json.loads(line) for line in lines] == [json.loads(dumps(j.to_json())) for j in jobs]
+    assert all(line.endswith(b"\n") for line in lines) and page_lines([]) == b""
