@@ -145,11 +145,34 @@ def sync_settings(query: JobQuery, max_delete: str | DeleteLimit) -> DeleteLimit
         raise ConfigError(f"--max-delete: {exc}") from None
 
 
-def jobs(**options: Any) -> Iterator[Job]:
+def jobs(
+    *,
+    endpoint: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    train_mode: str | None = None,
+    model: str | None = None,
+    page_size: int = MAX_PAGE_SIZE,
+    reverse: bool = False,
+    max_attempts: int = RetryPolicy.max_attempts,
+    max_retry_wait: float = RetryPolicy.max_wait_s,
+    timeout: float = RetryPolicy.read_timeout_s,
+) -> Iterator[Job]:
     """Every job the API lists, in its order (newest first with `reverse`), without touching a
-    database. Takes the arguments of `job_pages`; settings are checked at once, and requests
-    start with the first job asked for."""
-    return itertools.chain.from_iterable(job_pages(**options))
+    database. Settings are checked at once; requests start with the first job asked for."""
+    pages = job_pages(
+        endpoint=endpoint,
+        access_key=access_key,
+        secret_key=secret_key,
+        train_mode=train_mode,
+        model=model,
+        page_size=page_size,
+        reverse=reverse,
+        max_attempts=max_attempts,
+        max_retry_wait=max_retry_wait,
+        timeout=timeout,
+    )
+    return itertools.chain.from_iterable(pages)
 
 
 def job_pages(
@@ -165,7 +188,8 @@ def job_pages(
     max_retry_wait: float = RetryPolicy.max_wait_s,
     timeout: float = RetryPolicy.read_timeout_s,
 ) -> Iterator[list[Job]]:
-    """`jobs`, a page at a time: each page's jobs as one list."""
+    """`jobs`, a page at a time: each page's jobs as one list (`qfsync jobs` writes a page in
+    one go)."""
     query = job_query(train_mode, model, page_size, reverse)
     client = make_client(endpoint, access_key, secret_key, max_attempts, max_retry_wait, timeout)
 
