@@ -97,6 +97,11 @@ class Group(click.Group):
     """Translates qfsync's errors into one line and an exit code; --verbose adds the detail."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        if ctx.parent is None:
+            # Here, not in `main`: click looks up the command before it runs the group's own
+            # callback, so an unknown command's usage error would miss the chosen log format.
+            ctx.meta["qfsync.log_format"] = ctx.params["log_format"]
+            logs.configure(ctx.params["log_format"], ctx.params["verbose"])
         try:
             return super().invoke(ctx)
         except QfsyncError as exc:
@@ -150,11 +155,9 @@ class Group(click.Group):
     help="json: every line on stderr is one JSON object (time, level, message, run_id, page, "
     "marker, request_id, attempt, delay_s, error, ...), and notes and retries are logged.",
 )
-@click.pass_context
-def main(ctx: click.Context, verbose: bool, log_format: str) -> None:
+def main(verbose: bool, log_format: str) -> None:
     """Keep a SQL database in step with Baidu Qianfan fine-tuning jobs."""
-    ctx.meta["qfsync.log_format"] = log_format
-    logs.configure(log_format, verbose)
+    # Both options take effect in Group.invoke, before the command is looked up.
 
 
 class Seconds(click.FloatRange):

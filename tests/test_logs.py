@@ -145,17 +145,24 @@ def test_default_logs_stay_human_readable(tmp_path, fake_api):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "args", [["sync", "--page-size", "0"], ["jobs", "--bogus"], ["report", "--max-age", "soon"]]
+    ("args", "named", "help_of"),
+    [
+        (["sync", "--page-size", "0"], "--page-size", "qfsync sync"),
+        (["jobs", "--bogus"], "--bogus", "qfsync jobs"),
+        (["report", "--max-age", "soon"], "--max-age", "qfsync report"),
+        (["nosuch"], "nosuch", "qfsync"),
+        (["db", "nosuch"], "nosuch", "qfsync db"),
+    ],
 )
-def test_json_usage_errors_are_one_object(fake_api, args):
-    """With JSON logs a command line that does not parse is one JSON line with exit code 2,
-    like every other failure, not click's plain-text usage block."""
+def test_json_usage_errors_are_one_object(fake_api, args, named, help_of):
+    """With JSON logs a command line that does not parse, an unknown command included, is one
+    JSON line with exit code 2, like every other failure, not click's plain-text usage block."""
     api = fake_api(10)
     done = qfsync("--log-format", "json", *args, api=api)
     [error] = json_lines(done.stderr)
     assert done.returncode == error["exit_code"] == 2
-    assert error["level"] == "error" and args[1] in error["message"]
-    assert f"qfsync {args[0]} --help" in error["message"]
+    assert error["level"] == "error" and named in error["message"]
+    assert f"{help_of} --help" in error["message"]
 
 
 @pytest.mark.slow
