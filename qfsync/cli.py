@@ -93,6 +93,20 @@ def is_database_error(exc: BaseException) -> bool:
     return isinstance(exc, SQLAlchemyError)
 
 
+class EnvOption(click.Option):
+    """An option whose environment variable, set but empty, is refused rather than taken for
+    unset, click's rule: a cron line whose variable lost its value would otherwise sync into
+    ./qfsync.db, or push no metrics, without a word."""
+
+    def resolve_envvar_value(self, ctx: click.Context) -> str | None:
+        value = super().resolve_envvar_value(ctx)
+        if value is None and isinstance(self.envvar, str) and os.environ.get(self.envvar) == "":
+            raise click.BadParameter(
+                f"{self.envvar} is set but empty: give it a value or unset it", ctx, self
+            )
+        return value
+
+
 class Group(click.Group):
     """Translates qfsync's errors into one line and an exit code; --verbose adds the detail."""
 
@@ -152,6 +166,7 @@ class Group(click.Group):
     show_default=True,
     envvar=logs.FORMAT_ENV,
     show_envvar=True,
+    cls=EnvOption,
     help="json: every line on stderr is one JSON object (time, level, message, run_id, page, "
     "marker, request_id, attempt, delay_s, error, ...), and notes and retries are logged.",
 )
@@ -181,6 +196,7 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--endpoint",
             envvar=api.ENV["endpoint"],
             show_envvar=True,
+            cls=EnvOption,
             default=DEFAULT_BASE_URL,
             show_default=True,
             help="Console API base URL.",
@@ -189,12 +205,14 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--access-key",
             envvar=api.ENV["access_key"],
             show_envvar=True,
+            cls=EnvOption,
             help="IAM access key (AK).",
         ),
         click.option(
             "--secret-key",
             envvar=api.ENV["secret_key"],
             show_envvar=True,
+            cls=EnvOption,
             help="IAM secret key (SK); prefer the environment variable.",
         ),
         click.option("--train-mode", help="Only jobs of this train mode (e.g. SFT)."),
@@ -344,6 +362,7 @@ def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
         "--database-url",
         envvar=api.ENV["database_url"],
         show_envvar=True,
+        cls=EnvOption,
         default=DEFAULT_DATABASE_URL,
         show_default=True,
         help="SQLAlchemy URL: sqlite:///FILE, postgresql://..., mysql://...",
@@ -437,6 +456,7 @@ def progress_printer() -> Callable[["SyncResult"], None]:
     "--max-delete",
     envvar="QFSYNC_MAX_DELETE",
     show_envvar=True,
+    cls=EnvOption,
     default=DEFAULT_MAX_DELETE,
     show_default=True,
     help="Most jobs a complete walk may mark deleted: a count (200) or a share of the scope's "
@@ -471,6 +491,7 @@ def progress_printer() -> Callable[["SyncResult"], None]:
     metavar="URL",
     envvar="QFSYNC_PUSHGATEWAY",
     show_envvar=True,
+    cls=EnvOption,
     help="Push the run's Prometheus metrics to this Pushgateway (job qfsync, grouped by scope "
     "and mode), also on failure; user:password@ in the URL is sent as basic auth.",
 )

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import pytest
+from click.testing import CliRunner
+
 from qfsync import db
 from qfsync.cli import main
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, FakeApi
@@ -215,3 +218,24 @@ def test_jobs_with_no_standard_output_is_one_line(fake_api: Callable[..., FakeAp
     assert done.returncode == 1
     assert done.stderr == "qfsync: error: there is no standard output to print to (it was closed)\n"
     assert api.request_count == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "args"),
+    [
+        ("QFSYNC_DATABASE_URL", ["runs"]),
+        ("QFSYNC_DATABASE_URL", ["sync"]),
+        ("QFSYNC_PUSHGATEWAY", ["sync"]),
+        ("QFSYNC_MAX_DELETE", ["sync"]),
+        ("QIANFAN_CONSOLE_API_BASE_URL", ["jobs"]),
+        ("QFSYNC_LOG_FORMAT", ["jobs"]),
+    ],
+)
+def test_a_variable_set_but_empty_is_refused(tmp_path, monkeypatch, variable, args) -> None:
+    """A variable that lost its value (`QFSYNC_DATABASE_URL=` in a cron line) is a usage error
+    naming it, not taken for unset: the sync would go to ./qfsync.db, or push no metrics."""
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(main, args, env={variable: ""})
+    assert done.exit_code == 2, done.output
+    assert f"{variable} is set but empty" in done.stderr
+    assert list(tmp_path.iterdir()) == []
