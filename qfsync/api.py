@@ -160,51 +160,23 @@ def jobs(
 ) -> Iterator[Job]:
     """Every job the API lists, in its order (newest first with `reverse`), without touching a
     database. Settings are checked at once; requests start with the first job asked for."""
-    pages = job_pages(
-        endpoint=endpoint,
-        access_key=access_key,
-        secret_key=secret_key,
-        train_mode=train_mode,
-        model=model,
-        page_size=page_size,
-        reverse=reverse,
-        max_attempts=max_attempts,
-        max_retry_wait=max_retry_wait,
-        timeout=timeout,
-    )
-    return itertools.chain.from_iterable(pages)
-
-
-def job_pages(
-    *,
-    endpoint: str | None = None,
-    access_key: str | None = None,
-    secret_key: str | None = None,
-    train_mode: str | None = None,
-    model: str | None = None,
-    page_size: int = MAX_PAGE_SIZE,
-    reverse: bool = False,
-    max_attempts: int = RetryPolicy.max_attempts,
-    max_retry_wait: float = RetryPolicy.max_wait_s,
-    timeout: float = RetryPolicy.read_timeout_s,
-) -> Iterator[list[Job]]:
-    """`jobs`, a page at a time: each page's jobs as one list (`qfsync jobs` writes a page in
-    one go)."""
     query = job_query(train_mode, model, page_size, reverse)
     client = make_client(endpoint, access_key, secret_key, max_attempts, max_retry_wait, timeout)
+    return itertools.chain.from_iterable(job_pages(client, query))
 
-    def generate() -> Iterator[list[Job]]:
-        with client:
-            for number, page in enumerate(walk(client, query), 1):
-                log.debug(
-                    "page %d: %d jobs",
-                    number,
-                    len(page.jobs),
-                    extra=logs.facts(page=number, marker=page.marker, request_id=page.request_id),
-                )
-                yield page.jobs
 
-    return generate()
+def job_pages(client: Client, query: JobQuery) -> Iterator[list[Job]]:
+    """The listing a page at a time, each page's jobs as one list (`qfsync jobs` writes a page
+    in one go); the client is closed when the walk ends."""
+    with client:
+        for number, page in enumerate(walk(client, query), 1):
+            log.debug(
+                "page %d: %d jobs",
+                number,
+                len(page.jobs),
+                extra=logs.facts(page=number, marker=page.marker, request_id=page.request_id),
+            )
+            yield page.jobs
 
 
 def tasks(

@@ -272,10 +272,9 @@ def jobs(
     The quickest check of credentials and filters, and a preview of what a sync would store.
     """
     write = stdout().buffer.write
+    query = api.job_query(train_mode, model, page_size, reverse)
     try:
-        for page in api.job_pages(
-            train_mode=train_mode, model=model, page_size=page_size, reverse=reverse, **options
-        ):
+        for page in api.job_pages(api.make_client(**options), query):
             write(page_lines(page))
         sys.stdout.flush()
     except BrokenPipeError:
