@@ -188,6 +188,26 @@ def test_a_failed_creation_of_a_new_sqlite_file_leaves_nothing(tmp_path):
         engine.dispose()
 
 
+def test_a_sqlite_file_downgraded_to_base_is_upgraded_by_the_migrations(tmp_path):
+    """`alembic downgrade base` leaves alembic_version empty: the file has no revision, yet it
+    is not new. The migrations upgrade it, as before; the schema file, whose first statement
+    creates alembic_version, failed on every later sync ("table alembic_version already
+    exists")."""
+    from alembic import command
+
+    engine = migrated_by_alembic(tmp_path / "q.db")
+    try:
+        command.downgrade(db.alembic_config(engine), "base")
+        assert db.current_revision(engine) is None
+        assert db.ensure_schema(engine, migrate=True) == (
+            f"upgraded the database schema from empty to {db.SCHEMA_HEAD}"
+        )
+        assert db.current_revision(engine) == db.SCHEMA_HEAD
+        assert VIEWS <= set(inspect(engine).get_view_names())
+    finally:
+        engine.dispose()
+
+
 @contextmanager
 def mariadb_user_without(database_url: str, privilege: str) -> Iterator[tuple[str, Callable]]:
     """A user with every privilege on the database but one; yields its URL and a function
