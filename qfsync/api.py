@@ -10,10 +10,10 @@ are named `qfsync.*`.
 """
 
 import contextvars
-import itertools
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,7 +149,16 @@ def jobs(**options: Any) -> Iterator[Job]:
     """Every job the API lists, in its order (newest first with `reverse`), without touching a
     database. Takes the arguments of `job_pages`; settings are checked at once, and requests
     start with the first job asked for."""
-    return itertools.chain.from_iterable(job_pages(**options))
+    pages = job_pages(**options)
+
+    def generate() -> Iterator[Job]:
+        # A generator of its own, not a chain of the pages: a caller that stops early can
+        # close it, which closes the walk and its connection.
+        with closing(pages):
+            for page in pages:
+                yield from page
+
+    return generate()
 
 
 def job_pages(
@@ -164,12 +173,12 @@ def job_pages(
     max_attempts: int = RetryPolicy.max_attempts,
     max_retry_wait: float = RetryPolicy.max_wait_s,
     timeout: float = RetryPolicy.read_timeout_s,
-) -> Iterator[list[Job]]:
+) -> Generator[list[Job], None, None]:
     """`jobs`, a page at a time: each page's jobs as one list."""
     query = job_query(train_mode, model, page_size, reverse)
     client = make_client(endpoint, access_key, secret_key, max_attempts, max_retry_wait, timeout)
 
-    def generate() -> Iterator[list[Job]]:
+    def generate() -> Generator[list[Job], None, None]:
         with client:
             for number, page in enumerate(walk(client, query), 1):
                 log.debug(
