@@ -145,11 +145,35 @@ def sync_settings(query: JobQuery, max_delete: str | DeleteLimit) -> DeleteLimit
         raise ConfigError(f"--max-delete: {exc}") from None
 
 
-def jobs(**options: Any) -> Iterator[Job]:
+def jobs(
+    *,
+    endpoint: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    train_mode: str | None = None,
+    model: str | None = None,
+    page_size: int = MAX_PAGE_SIZE,
+    reverse: bool = False,
+    max_attempts: int = RetryPolicy.max_attempts,
+    max_retry_wait: float = RetryPolicy.max_wait_s,
+    timeout: float = RetryPolicy.read_timeout_s,
+) -> Iterator[Job]:
     """Every job the API lists, in its order (newest first with `reverse`), without touching a
-    database. Takes the arguments of `job_pages`; settings are checked at once, and requests
-    start with the first job asked for."""
-    pages = job_pages(**options)
+    database. Settings are checked at once; requests start with the first job asked for."""
+    # Its parameters spelled out, not `**options`: they are the documented API, which help(),
+    # an editor and a type checker show from the signature (a test keeps it job_pages's).
+    pages = job_pages(
+        endpoint=endpoint,
+        access_key=access_key,
+        secret_key=secret_key,
+        train_mode=train_mode,
+        model=model,
+        page_size=page_size,
+        reverse=reverse,
+        max_attempts=max_attempts,
+        max_retry_wait=max_retry_wait,
+        timeout=timeout,
+    )
 
     def generate() -> Iterator[Job]:
         # A generator of its own, not a chain of the pages: a caller that stops early can

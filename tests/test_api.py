@@ -2,6 +2,7 @@
 commands translate, and leave the host application's signals and logging alone."""
 
 import gc
+import inspect
 import json
 import logging
 import signal
@@ -210,6 +211,14 @@ def sockets_to(api) -> list[socket.socket]:
             except OSError:
                 pass  # not connected
     return found
+
+
+def test_jobs_takes_the_arguments_of_job_pages():
+    """qfsync.jobs spells out its parameters (the documented API) and they are job_pages's,
+    which it walks: none missing, none added, the same defaults."""
+    from qfsync.api import job_pages
+
+    assert inspect.signature(qfsync.jobs).parameters == inspect.signature(job_pages).parameters
 
 
 def test_jobs_left_early_can_be_closed(fake_api):
