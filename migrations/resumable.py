@@ -17,15 +17,19 @@ import sqlalchemy as sa
 from alembic import op
 
 
+def _leftovers_possible() -> bool:
+    """Whether a failed run of this migration can have left part of it: on MariaDB/MySQL.
+    Elsewhere an object of the same name is not ours (a user's own sync_runs), and must fail
+    the migration rather than be taken as done or replaced."""
+    return op.get_bind().dialect.name in ("mysql", "mariadb")
+
+
 def _inspector() -> sa.Inspector | None:
-    """What the schema holds now, where a failed run of this migration can have left part of
-    it (MariaDB/MySQL); None elsewhere, so that an object of the same name that is not ours
-    (a user's own sync_runs) fails the migration there rather than being taken as done."""
-    bind = op.get_bind()
-    if bind.dialect.name not in ("mysql", "mariadb"):
+    """What the schema holds now, where a failed run can have left part of it; else None."""
+    if not _leftovers_possible():
         return None
     # A new inspector each time: one caches what it read, and every step changes the schema.
-    return sa.inspect(bind)
+    return sa.inspect(op.get_bind())
 
 
 def create_table(name: str, *columns: Any, **kw: Any) -> None:
@@ -54,7 +58,8 @@ def add_column(table: str, column: sa.Column[Any]) -> None:
 
 
 def create_view(name: str, select: str) -> None:
-    # Replaced rather than passed over: whatever view has the name, the migration's definition
-    # is the one it must leave. (SQLite has no CREATE OR REPLACE VIEW.)
-    op.execute(f"DROP VIEW IF EXISTS {name}")
+    # Replaced rather than passed over where a failed run may have left it: whatever view has
+    # the name, the migration's definition is the one it must leave.
+    if _leftovers_possible():
+        op.execute(f"DROP VIEW IF EXISTS {name}")
     op.execute(f"CREATE VIEW {name} AS {select}")

@@ -10,10 +10,10 @@ are named `qfsync.*`.
 """
 
 import contextvars
-import itertools
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,12 +162,21 @@ def jobs(
     database. Settings are checked at once; requests start with the first job asked for."""
     query = job_query(train_mode, model, page_size, reverse)
     client = make_client(endpoint, access_key, secret_key, max_attempts, max_retry_wait, timeout)
-    return itertools.chain.from_iterable(job_pages(client, query))
+    pages = job_pages(client, query)
+
+    def generate() -> Iterator[Job]:
+        # A generator of its own, not a chain of the pages: a caller that stops early can
+        # close it, which closes the walk and its connection.
+        with closing(pages):
+            for page in pages:
+                yield from page
+
+    return generate()
 
 
-def job_pages(client: Client, query: JobQuery) -> Iterator[list[Job]]:
+def job_pages(client: Client, query: JobQuery) -> Generator[list[Job], None, None]:
     """The listing a page at a time, each page's jobs as one list (`qfsync jobs` writes a page
-    in one go); the client is closed when the walk ends."""
+    in one go); the client is closed when the walk ends or is closed."""
     with client:
         for number, page in enumerate(walk(client, query), 1):
             log.debug(

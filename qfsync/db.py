@@ -276,8 +276,10 @@ def upgrade(engine: Engine) -> None:
 
 
 def _upgrade(engine: Engine) -> None:
-    if engine.dialect.name == "sqlite" and current_revision(engine) is None:
-        sqlite_schema.create(engine)  # a new file: the schema at head, without Alembic
+    if engine.dialect.name == "sqlite" and not inspect(engine).has_table("alembic_version"):
+        # A new file: the schema at head, without Alembic. (One whose alembic_version is
+        # empty, as `alembic downgrade base` leaves it, is not new: the migrations upgrade it.)
+        sqlite_schema.create(engine)
         return
     from alembic import command
 

@@ -6,6 +6,7 @@ of requests in flight, each worker thread with a client of its own; a 429 with R
 seen by any of them pauses them all (a shared `Throttle`). The jobs walk stays sequential.
 """
 
+import contextvars
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -228,8 +229,13 @@ class TaskFetcher:
         # Its own event per call: a failure here halts this call's fetches, not the next call's.
         halt = threading.Event()
         budget = Budget(self.max_held_bytes)
+        # Each in a copy of this thread's context, so that the workers' log lines name the run
+        # (logs.run_id) as this thread's do. (A context runs in one thread at a time: one each.)
         futures: dict[str, Future[list[Task] | JobGone]] = {
-            job_id: self._pool.submit(self._job_tasks, job_id, halt, budget) for job_id in job_ids
+            job_id: self._pool.submit(
+                contextvars.copy_context().run, self._job_tasks, job_id, halt, budget
+            )
+            for job_id in job_ids
         }
         pending = set(futures.values())
         first: BaseException | None = None

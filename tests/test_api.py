@@ -212,6 +212,18 @@ def sockets_to(api) -> list[socket.socket]:
     return found
 
 
+def test_jobs_left_early_can_be_closed(fake_api):
+    """A caller that stops after the first job can close the walk, as any generator: its
+    connection closes at once and no further page is asked for."""
+    api = fake_api(250)
+    walk = qfsync.jobs(page_size=100, **credentials(api))
+    assert next(walk).job_id == api.job_list()[0]["jobId"]
+    requests = api.request_count
+    walk.close()
+    assert sockets_to(api) == []
+    assert list(walk) == [] and api.request_count == requests
+
+
 def test_a_failed_call_leaves_no_connection_open(tmp_path, fake_api):
     """A sync or walk the API refuses closes its connection as it returns, not when the
     garbage collector reaches the exception's frames (urllib3 2 leaves a forgotten pool's

@@ -116,6 +116,21 @@ def test_json_logs_are_one_object_a_line_without_secrets(database_url, fake_api)
 
 
 @pytest.mark.slow
+def test_the_task_requests_retry_lines_name_the_run(tmp_path, fake_api):
+    """With --tasks, the retry lines of the task requests, sent from the workers' threads, name
+    the run as those of the jobs walk do."""
+    api = fake_api(120, Faults(throttle_rate=0.3, retry_after_s=0))
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    synced = qfsync(
+        "--log-format", "json", "sync", "--tasks", "--json", "--database-url", url, api=api
+    )
+    assert synced.returncode == 0, synced.stderr
+    run_id = json.loads(synced.stdout)["run_id"]
+    retries = [e for e in json_lines(synced.stderr) if "attempt" in e]
+    assert len(retries) > 20 and all(e.get("run_id") == run_id for e in retries)
+
+
+@pytest.mark.slow
 def test_default_logs_stay_human_readable(tmp_path, fake_api):
     """Without --log-format the error is one plain line; --verbose adds a plain line per page
     for sync and jobs alike; no secret appears."""

@@ -129,6 +129,28 @@ def test_a_failed_upgrade_is_rolled_back_whole(database_url):
         engine.dispose()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_users_view_of_a_name_a_migration_creates_fails_it(database_url):
+    """Where a failed migration rolls back whole, a view it finds already there is not one it
+    left behind: it is the user's, and the migration fails rather than replace it (as it
+    failed before the migrations were made resumable for MariaDB)."""
+    from alembic import command
+
+    engine = db.connect(database_url)
+    try:
+        command.upgrade(db.alembic_config(engine), "0003")
+        with engine.begin() as connection:
+            connection.execute(text("CREATE VIEW finetuning_tasks_current AS SELECT 1 AS mine"))
+        with pytest.raises(db.DatabaseError, match="from 0003 to .*finetuning_tasks_current"):
+            db.ensure_schema(engine, migrate=True)
+        assert db.current_revision(engine) == "0003"
+        with engine.connect() as connection:
+            mine = connection.execute(text("SELECT * FROM finetuning_tasks_current"))
+            assert list(mine.keys()) == ["mine"]
+    finally:
+        engine.dispose()
+
+
 def migrated_by_alembic(path: Path, revision: str = "head"):
     """An engine on a new SQLite file brought to `revision` by the migrations themselves."""
     from alembic import command
@@ -184,6 +206,26 @@ def test_a_failed_creation_of_a_new_sqlite_file_leaves_nothing(tmp_path):
             connection.execute(text("DROP TABLE sync_runs"))
         db.upgrade(engine)
         assert db.current_revision(engine) == db.SCHEMA_HEAD
+    finally:
+        engine.dispose()
+
+
+def test_a_sqlite_file_downgraded_to_base_is_upgraded_by_the_migrations(tmp_path):
+    """`alembic downgrade base` leaves alembic_version empty: the file has no revision, yet it
+    is not new. The migrations upgrade it, as before; the schema file, whose first statement
+    creates alembic_version, failed on every later sync ("table alembic_version already
+    exists")."""
+    from alembic import command
+
+    engine = migrated_by_alembic(tmp_path / "q.db")
+    try:
+        command.downgrade(db.alembic_config(engine), "base")
+        assert db.current_revision(engine) is None
+        assert db.ensure_schema(engine, migrate=True) == (
+            f"upgraded the database schema from empty to {db.SCHEMA_HEAD}"
+        )
+        assert db.current_revision(engine) == db.SCHEMA_HEAD
+        assert VIEWS <= set(inspect(engine).get_view_names())
     finally:
         engine.dispose()
 
