@@ -15,6 +15,7 @@ from test_cli_jobs import qfsync_command
 import qfsync
 from qfsync import runs
 from qfsync.cli import main
+from qfsync.client import RetryPolicy
 from qfsync.errors import RetriesExhausted
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, Faults
 from qfsync.pages import parse_time
@@ -298,7 +299,10 @@ def test_throttling_on_task_requests_is_retried(engine, fake_api, run_sync):
     """With a third of all requests answered 429 (Retry-After 0), every task is still stored
     exactly, and the fetches ran side by side within the bound."""
     api = fake_api(120, faults=Faults(throttle_rate=0.3, retry_after_s=0, latency_s=0.02))
-    run_sync(engine, api, tasks=True, task_concurrency=4)
+    # 25 attempts, not the suite's 10: at this rate, ten throttled attempts in a row befell one
+    # of the few hundred requests in one run of several hundred (0.3**10 each); 0.3**25 never.
+    patient = RetryPolicy(base_delay_s=0.001, max_delay_s=0.01, max_attempts=25)
+    run_sync(engine, api, retry=patient, tasks=True, task_concurrency=4)
     api.faults = Faults()
     assert_stored_as_listed(engine, api)
     assert 2 <= api.max_in_flight <= 4 + 1  # four task fetches and the prefetched jobs page
