@@ -73,9 +73,15 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        # What a host's factory or another library's `extra=` added, then qfsync's own facts.
-        for key, value in [*vars(record).items(), *facts_of(record).items()]:
+        # What a host's factory or another library's `extra=` added, then qfsync's own facts,
+        # which replace them: one that qfsync states as unknown (None) is left out, not shown
+        # with the host's value of that name.
+        for key, value in vars(record).items():
             if key not in _RECORD_ATTRIBUTES and value is not None:
+                entry[key] = value
+        for key, value in facts_of(record).items():
+            entry.pop(key, None)
+            if value is not None:
                 entry[key] = value
         if record.exc_info and record.exc_info[1] is not None:
             entry.setdefault("error", str(record.exc_info[1]))

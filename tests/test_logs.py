@@ -265,5 +265,7 @@ def test_a_hosts_record_factory_with_the_same_fields_fails_nothing(database_url,
     pages = [e for e in entries if e["message"].startswith("page ")]
     assert [e["page"] for e in pages] == list(range(1, result.pages + 1))
     assert all(e["run_id"] == result.run_id and e["request_id"] != "host's" for e in pages)
+    assert "marker" not in pages[0]  # the first page has none: not the host's either
+    assert all(e["marker"] != "host's" for e in pages[1:])
     retries = [e for e in entries if e["logger"] == "qfsync.client"]
     assert retries and all(type(e["attempt"]) is int for e in retries)
