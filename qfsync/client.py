@@ -103,13 +103,15 @@ class RetryPolicy:
 @dataclass(frozen=True)
 class Limits:
     """What one answer may cost, far above anything a real page needs (100 jobs are about
-    100 KB, four levels deep, and arrive in well under a second): its body's size after
-    decompression, its JSON nesting, and the wall-clock time of one attempt, from sending the
-    request to the body's last byte. A server over a limit fails that attempt, which is retried
-    like any transient failure; the read timeout alone cannot bound a server that trickles."""
+    100 KB, four levels deep, under 2,000 values, and arrive in well under a second): its
+    body's size after decompression, its JSON nesting and values, and the wall-clock time of
+    one attempt, from sending the request to the body's last byte. A server over a limit fails
+    that attempt, which is retried like any transient failure; the read timeout alone cannot
+    bound a server that trickles."""
 
     max_body_bytes: int = 16 * 2**20
     max_depth: int = 64
+    max_values: int = 250_000
     deadline_s: float = 120.0
 
 
@@ -342,7 +344,7 @@ class Client:
         response, raw = self._exchange(action, body, stop)
         status = response.status_code
         try:
-            decoded = decode(raw, self.limits.max_depth)
+            decoded = decode(raw, self.limits.max_depth, self.limits.max_values)
         except MalformedResponse:
             if status == 200:
                 raise

@@ -151,6 +151,11 @@ HOSTILE: dict[str, tuple[Reply, str, bool]] = {
     # over a limit
     "an endless body": (endless(b" " * 65536), "passed the limit of 16,777,216 bytes", True),
     "a gzip bomb of 1 GiB": (bomb(1 << 30), "passed the limit of 16,777,216 bytes", True),
+    "a page of 200,000 empty arrays (20 times their bytes once decoded)": (
+        answer(200, b'{"result": {"jobList": [' + b"[]," * 200_000 + b"[]]}}"),
+        "too many values: up to 400,00",
+        True,
+    ),
     # errors
     "503 with a Retry-After that is not a time": (
         answer(503, b"busy", {"Retry-After": "soon"}),

@@ -1,6 +1,7 @@
 """A DescribeFineTuningJobs body either becomes a Page of Jobs or raises MalformedResponse."""
 
 import json
+import tracemalloc
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -133,13 +134,13 @@ def test_integer_beyond_64_bits_decodes_exactly(number: int, prefix: bytes) -> N
     """orjson reads such an integer as a float and json reads it exactly: a page decodes to the
     same job (and content hash) whichever decoder reads it, and a BOM sends it to json."""
     raw = prefix + json.dumps(page([job(size=number)])).encode()
-    [item] = decode(raw, 64)["result"]["jobList"]
+    [item] = decode(raw, 64, 250_000)["result"]["jobList"]
     assert type(item["size"]) is int and item["size"] == number
 
 
 def test_float_beyond_64_bit_integers_stays_a_float() -> None:
     """A float written as one is kept as one, on the path that reads big integers exactly."""
-    body = decode(b'{"a": 2e19, "b": [-1e30], "c": 2}', 64)
+    body = decode(b'{"a": 2e19, "b": [-1e30], "c": 2}', 64, 10)
     assert body == {"a": 2e19, "b": [-1e30], "c": 2}
     assert type(body["a"]) is float and type(body["b"][0]) is float
 
@@ -258,13 +259,40 @@ def test_nesting_past_the_limit_is_malformed(kind: str, depth: int) -> None:
     """Past the limit, whether the decoder manages it or would recurse too deep, the body is
     MalformedResponse naming the limit (never a RecursionError)."""
     with pytest.raises(MalformedResponse, match="nested deeper than the limit of 64 levels"):
-        decode(nested(kind, depth), 64)
+        decode(nested(kind, depth), 64, 250_000)
 
 
 @pytest.mark.parametrize("kind", ["array", "object"])
 def test_nesting_at_the_limit_decodes(kind: str) -> None:
     """Exactly the limit's depth is accepted."""
-    assert decode(nested(kind, 64), 64) is not None
+    assert decode(nested(kind, 64), 64, 250_000) is not None
+
+
+# --- values -----------------------------------------------------------------------------------
+
+
+def test_a_body_of_too_many_values_is_refused_before_it_is_decoded() -> None:
+    """16 MiB of empty arrays (the body limit) decode into 341 MiB; past the limit of values
+    the body is MalformedResponse naming it, and is never decoded: the call's peak memory
+    stays a fraction of the body's size."""
+    body = b'{"result": {"jobList": [' + b"[]," * (16 * 2**20 // 3 - 20) + b"[]]}}"
+    tracemalloc.start()
+    try:
+        with pytest.raises(MalformedResponse, match="too many values: up to 11,184,7"):
+            decode(body, 64, 250_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+
+
+def test_a_body_at_the_limit_of_values_decodes() -> None:
+    """The count errs only high (commas in strings): a body at the limit is decoded, with its
+    commas in a string too."""
+    body = b'{"a": "x,y", "b": [' + b"1," * 9 + b"1]}"  # 2 + 9 + 1 + 1 = 13 counted
+    assert decode(body, 64, 13)["b"] == [1] * 10
+    with pytest.raises(MalformedResponse, match="past the limit of 12"):
+        decode(body, 64, 12)
 
 
 # --- any input --------------------------------------------------------------------------------
