@@ -34,11 +34,15 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_AGE = timedelta(days=1)
 # A job with this many pages of tasks (a million at 100 a page) is a server that never ends.
 MAX_TASK_PAGES = 10_000
-# A page's task lists are all held until the page's transaction. Their answers together may
-# not pass this (a real page's are well under a megabyte): each answer is capped by the
+# A page's task lists are all held until the page's transaction. What they take in memory may
+# not pass this (a real page's take well under a megabyte): each answer is capped by the
 # client, but a hostile server could otherwise make one page of 100 jobs hold 100 answers at
 # that cap, or one job an endless run of them.
 MAX_HELD_BYTES = 64 * 2**20
+# What a decoded value takes beyond its text, about (CPython: an empty list is 56 bytes, a
+# short string 50, and the list or dict holding it 8 more): a task of 295 bytes holds 1,283
+# once parsed, and 240 KB of `[],` hold 5 MB. The budget counts this, not answer bytes.
+VALUE_BYTES = 64
 # What the API answers for a jobId or taskId it does not know: a job or task deleted between
 # being listed and being asked about. (qfsync sends no other argument it could refuse.)
 UNKNOWN_ID = "InvalidRequestArgumentError"
@@ -58,8 +62,15 @@ class JobGone(QfsyncError):
         )
 
 
+def held_bytes(text: bytes) -> int:
+    """About what an answer takes once decoded: its text, and VALUE_BYTES for each value, as
+    many as its commas and openings (pages.decode bounds them so too)."""
+    return len(text) + VALUE_BYTES * (text.count(b",") + text.count(b"[") + text.count(b"{"))
+
+
 class Budget:
-    """The bytes of task list answers one fetch may hold, shared by its worker threads."""
+    """The memory task list answers one fetch may hold (`held_bytes`), shared by its worker
+    threads."""
 
     def __init__(self, limit: int = MAX_HELD_BYTES):
         self.limit, self.held = limit, 0
@@ -104,7 +115,7 @@ def walk_tasks(
                 f"the tasks of job {job_id}: {exc.problem}", exc.excerpt
             ) from None
         if budget is not None:
-            budget.hold(len(text), job_id)
+            budget.hold(held_bytes(text), job_id)
         return page
 
     for _ in range(MAX_TASK_PAGES):

@@ -16,9 +16,9 @@ from test_hostile import HOSTILE, RETRIED, assert_one_safe_line, hostile  # noqa
 
 from qfsync.cli import main
 from qfsync.client import Client, Credentials, RetryPolicy
-from qfsync.errors import UNSAFE, RetriesExhausted
+from qfsync.errors import UNSAFE, PagingError, RetriesExhausted
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
-from qfsync.task_fetch import job_tasks
+from qfsync.task_fetch import Budget, job_tasks
 from qfsync.task_pages import ZERO_DATE
 from qfsync.throttle import Throttle
 
@@ -179,6 +179,18 @@ def test_a_retry_after_past_the_wait_budget_does_not_hold_the_siblings(
             timer.cancel()
         first.close()
         second.close()
+
+
+def test_the_task_budget_counts_what_an_answer_takes_decoded(hostile: Any) -> None:  # noqa: F811
+    """An answer of 300 KB whose task carries 100,000 empty arrays takes about 6 MB decoded:
+    a budget of 1 MiB refuses it, though its bytes alone are under the budget (which is how
+    the budget counted, letting 64 MiB of such answers take 1.3 GB)."""
+    junk = task(x=[[] for _ in range(100_000)])
+    server = hostile(json_answer(200, tasks_page(junk)))
+    with Client(Credentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY), server.url) as client:
+        with pytest.raises(PagingError, match="pass 1,048,576 bytes"):
+            job_tasks(client, JOB, budget=Budget(2**20))
+        assert job_tasks(client, JOB, budget=Budget(16 * 2**20))[0].raw == junk
 
 
 @pytest.mark.slow
