@@ -181,6 +181,33 @@ def test_json_usage_errors_are_one_object(fake_api, args, named, help_of):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--bogus", "runs"], {}, "--bogus"),
+        (["--log-format", "xml", "runs"], {}, "'xml'"),
+        (["--log-format"], {}, "requires an argument"),
+        (["runs"], {"QFSYNC_LOG_FORMAT": ""}, "QFSYNC_LOG_FORMAT is set but empty"),
+        (["--log-format", "json", "--bogus", "runs"], {}, "--bogus"),
+        (["--log-format=json", "--bogus", "runs"], {}, "--bogus"),
+        (["--bogus", "runs"], {"QFSYNC_LOG_FORMAT": "json"}, "--bogus"),
+    ],
+)
+def test_top_level_usage_errors_are_one_line(fake_api, args, env, named):
+    """An option of `qfsync` itself that does not parse, the log format's included, is one
+    line with exit code 2 like any other usage error, a JSON object if JSON logs were asked
+    for: not click's usage block, which comes before the log format is known."""
+    done = qfsync(*args, api=fake_api(1), **env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert named in done.stderr and "qfsync --help" in done.stderr
+    if "json" in args + list(env.values()) or "--log-format=json" in args:
+        [error] = json_lines(done.stderr)
+        assert error["level"] == "error" and error["exit_code"] == 2
+    else:
+        assert done.stderr.startswith("qfsync: usage error: ")
+
+
+@pytest.mark.slow
 def test_json_fake_api_banner_is_one_object():
     """Even the fake API's banner is a JSON line under JSON logs, with its URL."""
     with socket.socket() as probe:
