@@ -248,6 +248,26 @@ def test_a_servers_text_in_a_log_line_is_escaped(formatter) -> None:
     )
 
 
+def test_another_librarys_extra_does_not_replace_a_json_lines_own_fields() -> None:
+    """A record from a host or another library whose `extra=` (or record factory) names time,
+    level or logger keeps the line's own: a log shipper reads those to place the line."""
+    record = logging.makeLogRecord(
+        {
+            "name": "urllib3.connectionpool",
+            "msg": "Connection pool is full",
+            "levelname": "WARNING",
+            "created": 0.0,
+            "time": "later",
+            "level": "debug",
+            "logger": "someone",
+            "pool": "api",
+        }
+    )
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["time"] == "1970-01-01T00:00:00.000+00:00" and entry["level"] == "warning"
+    assert entry["logger"] == "urllib3.connectionpool" and entry["pool"] == "api"
+
+
 # Every fact qfsync states in its log lines, which a host's own LogRecord factory may set too.
 HOST_FIELDS = ("run_id", "request_id", "page", "marker", "next_marker", "attempt", "delay_s")
 
