@@ -107,8 +107,51 @@ class EnvOption(click.Option):
         return value
 
 
+def usage_failure(exc: click.UsageError) -> None:
+    # click's usage block is several lines; one says the same, in text as in a JSON log.
+    hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
+    fail(f"usage error: {exc.format_message()}{hint}", exc.exit_code, exc)
+
+
+def format_asked(args: list[str]) -> str:
+    """The log format a command line asked for, read from its words: for a line click refused
+    before reading --log-format (an unknown option beside it, or the format itself wrong)."""
+    asked = os.environ.get(logs.FORMAT_ENV)
+    for word, following in zip(args, [*args[1:], None], strict=False):
+        if word == "--log-format":
+            asked = following
+        elif word.startswith("--log-format="):
+            asked = word.partition("=")[2]
+    return "json" if asked == "json" else "text"
+
+
 class Group(click.Group):
     """Translates qfsync's errors into one line and an exit code; --verbose adds the detail."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        words = list(args)  # click's parser consumes `args`
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `qfsync`: a group without its command shows its help, as click does
+        except click.UsageError as exc:
+            if parent is not None:
+                raise  # a subgroup's: said by the root's invoke, in the format it set up
+            # qfsync's own options did not parse, so invoke never set up the log format.
+            # (click leaves out the context of an option that lacks its value.)
+            exc.ctx = exc.ctx or click.Context(self, info_name=info_name)
+            log_format = format_asked(words)
+            exc.ctx.meta["qfsync.log_format"] = log_format
+            logs.configure(log_format, verbose=False)
+            with exc.ctx:
+                usage_failure(exc)
+            raise  # not reached: usage_failure exits
 
     def invoke(self, ctx: click.Context) -> Any:
         if ctx.parent is None:
@@ -124,10 +167,7 @@ class Group(click.Group):
         except click.exceptions.NoArgsIsHelpError:
             raise  # `qfsync db`: a group without its command shows its help, as click does
         except click.UsageError as exc:
-            # click's usage block is several lines; one says the same, in text as in a JSON log.
-            # (A top-level option click rejects comes before this group runs: click's block.)
-            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
-            fail(f"usage error: {exc.format_message()}{hint}", exc.exit_code, exc)
+            usage_failure(exc)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt as exc:  # Ctrl-C outside a sync (which has its own handler)

@@ -73,11 +73,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        # What a host's factory or another library's `extra=` added, then qfsync's own facts,
-        # which replace them: one that qfsync states as unknown (None) is left out, not shown
-        # with the host's value of that name.
+        # What a host's factory or another library's `extra=` added (but never in place of
+        # the line's own time, level, logger or message), then qfsync's own facts, which
+        # replace them: one that qfsync states as unknown (None) is left out, not shown with
+        # the host's value of that name.
         for key, value in vars(record).items():
-            if key not in _RECORD_ATTRIBUTES and value is not None:
+            if key not in _RECORD_ATTRIBUTES and key not in entry and value is not None:
                 entry[key] = value
         for key, value in facts_of(record).items():
             entry.pop(key, None)

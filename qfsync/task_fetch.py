@@ -64,8 +64,15 @@ class JobGone(QfsyncError):
 
 def held_bytes(text: bytes) -> int:
     """About what an answer takes once decoded: its text, and VALUE_BYTES for each value, as
-    many as its commas and openings (pages.decode bounds them so too)."""
-    return len(text) + VALUE_BYTES * (text.count(b",") + text.count(b"[") + text.count(b"{"))
+    many as its commas and openings (pages.decode bounds them so too).
+
+    Python keeps each character of a string in one byte, or in four for a string that holds
+    one character past U+FFFF (which a `\\u` escape can write in ASCII): the text of a string
+    of 300 KB with one emoji takes 1.2 MB. So text that is not plain ASCII counts four times.
+    """
+    width = 1 if text.isascii() and b"\\u" not in text else 4
+    values = text.count(b",") + text.count(b"[") + text.count(b"{")
+    return width * len(text) + VALUE_BYTES * values
 
 
 class Budget:

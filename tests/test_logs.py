@@ -181,6 +181,33 @@ def test_json_usage_errors_are_one_object(fake_api, args, named, help_of):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--bogus", "runs"], {}, "--bogus"),
+        (["--log-format", "xml", "runs"], {}, "'xml'"),
+        (["--log-format"], {}, "requires an argument"),
+        (["runs"], {"QFSYNC_LOG_FORMAT": ""}, "QFSYNC_LOG_FORMAT is set but empty"),
+        (["--log-format", "json", "--bogus", "runs"], {}, "--bogus"),
+        (["--log-format=json", "--bogus", "runs"], {}, "--bogus"),
+        (["--bogus", "runs"], {"QFSYNC_LOG_FORMAT": "json"}, "--bogus"),
+    ],
+)
+def test_top_level_usage_errors_are_one_line(fake_api, args, env, named):
+    """An option of `qfsync` itself that does not parse, the log format's included, is one
+    line with exit code 2 like any other usage error, a JSON object if JSON logs were asked
+    for: not click's usage block, which comes before the log format is known."""
+    done = qfsync(*args, api=fake_api(1), **env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert named in done.stderr and "qfsync --help" in done.stderr
+    if "json" in args + list(env.values()) or "--log-format=json" in args:
+        [error] = json_lines(done.stderr)
+        assert error["level"] == "error" and error["exit_code"] == 2
+    else:
+        assert done.stderr.startswith("qfsync: usage error: ")
+
+
+@pytest.mark.slow
 def test_json_fake_api_banner_is_one_object():
     """Even the fake API's banner is a JSON line under JSON logs, with its URL."""
     with socket.socket() as probe:
@@ -219,6 +246,26 @@ def test_a_servers_text_in_a_log_line_is_escaped(formatter) -> None:
     assert "t1\\x00\\x1b[2J\\nforged WARNING line\\u2028\\u202eevil" in (
         line if isinstance(formatter, TextFormatter) else json.loads(line)["marker"]
     )
+
+
+def test_another_librarys_extra_does_not_replace_a_json_lines_own_fields() -> None:
+    """A record from a host or another library whose `extra=` (or record factory) names time,
+    level or logger keeps the line's own: a log shipper reads those to place the line."""
+    record = logging.makeLogRecord(
+        {
+            "name": "urllib3.connectionpool",
+            "msg": "Connection pool is full",
+            "levelname": "WARNING",
+            "created": 0.0,
+            "time": "later",
+            "level": "debug",
+            "logger": "someone",
+            "pool": "api",
+        }
+    )
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["time"] == "1970-01-01T00:00:00.000+00:00" and entry["level"] == "warning"
+    assert entry["logger"] == "urllib3.connectionpool" and entry["pool"] == "api"
 
 
 # Every fact qfsync states in its log lines, which a host's own LogRecord factory may set too.

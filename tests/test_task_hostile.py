@@ -193,6 +193,17 @@ def test_the_task_budget_counts_what_an_answer_takes_decoded(hostile: Any) -> No
         assert job_tasks(client, JOB, budget=Budget(16 * 2**20))[0].raw == junk
 
 
+def test_the_task_budget_counts_a_wide_string_at_its_width(hostile: Any) -> None:  # noqa: F811
+    """One emoji makes Python keep every character of its string in four bytes: an answer of
+    300 KB whose string holds one takes 1.2 MB decoded, and a budget of 1 MiB refuses it."""
+    wide = task(description="\U0001f600" + "a" * 300_000)
+    server = hostile(json_answer(200, tasks_page(wide)))
+    with Client(Credentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY), server.url) as client:
+        with pytest.raises(PagingError, match="pass 1,048,576 bytes"):
+            job_tasks(client, JOB, budget=Budget(2**20))
+        assert job_tasks(client, JOB, budget=Budget(16 * 2**20))[0].raw == wide
+
+
 @pytest.mark.slow
 def test_ctrl_c_ends_qfsync_tasks_stuck_on_the_api(hostile: Any) -> None:  # noqa: F811
     """Ctrl-C ends `qfsync tasks` while its workers wait on a silent server: exit 130 within
