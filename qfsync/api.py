@@ -93,10 +93,13 @@ def make_client(
             "max_attempts must be at least 1, max_retry_wait and timeout numbers of seconds "
             "up to a year (timeout above 0)"
         )
+    base_url = setting("endpoint", endpoint, DEFAULT_BASE_URL)
+    if not base_url:  # given empty (a setting that lost its value), not left out
+        raise ConfigError("endpoint (QIANFAN_CONSOLE_API_BASE_URL) is empty")
     try:
         return Client(
             credentials,
-            setting("endpoint", endpoint, DEFAULT_BASE_URL) or DEFAULT_BASE_URL,
+            base_url,
             RetryPolicy(
                 max_attempts=max_attempts, max_wait_s=max_retry_wait, read_timeout_s=timeout
             ),

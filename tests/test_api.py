@@ -126,6 +126,17 @@ def test_an_empty_database_url_is_a_config_error(tmp_path, fake_api, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("given", ["argument", "environment"])
+def test_an_empty_endpoint_is_a_config_error(monkeypatch, given):
+    """An endpoint given empty, as an argument or in the environment, is refused, not taken for
+    the default (the real API), as the command line refuses it."""
+    monkeypatch.setenv("QIANFAN_ACCESS_KEY", DEMO_ACCESS_KEY)
+    monkeypatch.setenv("QIANFAN_SECRET_KEY", DEMO_SECRET_KEY)
+    monkeypatch.setenv("QIANFAN_CONSOLE_API_BASE_URL", "" if given == "environment" else "x")
+    with pytest.raises(ConfigError, match="endpoint .* is empty"):
+        qfsync.jobs(endpoint="" if given == "argument" else None)
+
+
 class HostTerminated(BaseException):
     """What a host raises to end a task, as Airflow's AirflowTaskTerminated does."""
 
