@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import runs
 from .client import RETRY_REASONS, Client, check_http_url
 from .db import mask_text
-from .errors import EXIT_FAILED, EXIT_OK, ConfigError
+from .errors import EXIT_FAILED, EXIT_OK, ConfigError, QfsyncError
 from .schema import finetuning_jobs, sync_runs
 from .store import Scope
 
@@ -41,6 +41,15 @@ log = logging.getLogger(__name__)
 PUSH_JOB = "qfsync"
 PUSH_TIMEOUT_S = 10.0
 LAST_SUCCESS = "qfsync_last_success_timestamp_seconds"
+
+
+def exit_code_of(error: BaseException | None) -> int:
+    """The exit code an attempt ends with: a qfsync error's own, else a failure. (A host's
+    exception may have an `exit_code` of its own meaning, 0 even, which would report a
+    failed run as a success.)"""
+    if error is None:
+        return EXIT_OK
+    return error.exit_code if isinstance(error, QfsyncError) else EXIT_FAILED
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,7 @@ class Snapshot:
             mode=attempt.mode,
             started_at=attempt.started_at,
             finished_at=time.time(),
-            exit_code=EXIT_OK if error is None else getattr(error, "exit_code", EXIT_FAILED),
+            exit_code=exit_code_of(error),
             run_id=result.run_id if result is not None else 0,
             counts={name: getattr(result, name, 0) if result else 0 for name in runs.COUNTS},
             requests=client.requests_made if client else 0,

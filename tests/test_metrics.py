@@ -114,6 +114,34 @@ def test_file_is_readable_by_all_from_the_moment_it_appears(tmp_path, fake_api, 
     assert sorted(p.name for p in tmp_path.iterdir() if "prom" in p.name) == ["qfsync.prom"]
 
 
+class HostExit(Exception):
+    """A host's own exception that has an exit code of its own meaning."""
+
+    exit_code = 0
+
+
+def test_a_hosts_exception_is_a_failure_whatever_its_exit_code(tmp_path, fake_api):
+    """A sync that a host's exception ends (here from the progress callback) is a failure in
+    the metrics, though the exception says `exit_code = 0`."""
+    api = fake_api(250)
+    path = tmp_path / "qfsync.prom"
+
+    def end(result):
+        raise HostExit("the host ends it")
+
+    with pytest.raises(HostExit):
+        qfsync.sync(
+            f"sqlite:///{tmp_path / 'q.db'}",
+            page_size=100,
+            progress=end,
+            metrics_file=path,
+            **credentials(api),
+        )
+    found = read(path)
+    assert value(found, "qfsync_last_run_success") == 0
+    assert value(found, "qfsync_last_run_exit_code") == 1
+
+
 def test_counts_follow_the_run_counts_list():
     """Each count of runs.COUNTS has its metric, whose help text is its column's comment, so a
     count added to sync_runs is exported without touching the metrics code."""
