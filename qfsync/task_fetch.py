@@ -18,6 +18,7 @@ from typing import Any
 
 from .client import MAX_PAGE_SIZE, Client
 from .errors import ApiError, MalformedResponse, PagingError, QfsyncError
+from .pages import values_bound
 from .task_pages import (
     DETAIL_ACTION,
     LIST_ACTION,
@@ -63,16 +64,15 @@ class JobGone(QfsyncError):
 
 
 def held_bytes(text: bytes) -> int:
-    """About what an answer takes once decoded: its text, and VALUE_BYTES for each value, as
-    many as its commas and openings (pages.decode bounds them so too).
+    """About what an answer takes once decoded: its text, and VALUE_BYTES for each value it
+    may hold (`values_bound`, which pages.decode bounds too).
 
     Python keeps each character of a string in one byte, or in four for a string that holds
     one character past U+FFFF (which a `\\u` escape can write in ASCII): the text of a string
     of 300 KB with one emoji takes 1.2 MB. So text that is not plain ASCII counts four times.
     """
     width = 1 if text.isascii() and b"\\u" not in text else 4
-    values = text.count(b",") + text.count(b"[") + text.count(b"{")
-    return width * len(text) + VALUE_BYTES * values
+    return width * len(text) + VALUE_BYTES * values_bound(text)
 
 
 class Budget:
