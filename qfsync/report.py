@@ -90,10 +90,10 @@ def parse_duration(text: str) -> timedelta:
     if match is None or int(match[1]) == 0:
         raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 26h or 7d")
     try:
-        duration = timedelta(**{UNITS[match[2]]: int(match[1])})
-    except OverflowError:
-        duration = LONGEST_DURATION * 2
-    if duration > LONGEST_DURATION:  # counted back from now, it would pass the year 1
+        duration: timedelta | None = timedelta(**{UNITS[match[2]]: int(match[1])})
+    except OverflowError:  # past timedelta's own range
+        duration = None
+    if duration is None or duration > LONGEST_DURATION:  # counted back from now: before year 1
         raise ValueError(f"{text!r} is longer than any age a sync can have (100 years)")
     return duration
 
