@@ -105,11 +105,8 @@ def test_a_failed_upgrade_is_rolled_back_whole(database_url):
     whole: the schema stays at 0002 with its views, without 0003's column or a half-built
     table, and once the user's view is gone the next upgrade succeeds. (pysqlite committed
     each DDL statement on its own, which left the schema broken for good.)"""
-    from alembic import command
-
-    engine = db.connect(database_url)
+    engine = migrated_by_alembic(database_url, "0002")
     try:
-        command.upgrade(db.alembic_config(engine), "0002")
         with engine.begin() as connection:
             connection.execute(text("CREATE VIEW my_runs AS SELECT id, next_marker FROM sync_runs"))
         with pytest.raises(db.DatabaseError, match="upgrading the schema from 0002 to 0005"):
@@ -134,11 +131,8 @@ def test_a_users_view_of_a_name_a_migration_creates_fails_it(database_url):
     """Where a failed migration rolls back whole, a view it finds already there is not one it
     left behind: it is the user's, and the migration fails rather than replace it (as it
     failed before the migrations were made resumable for MariaDB)."""
-    from alembic import command
-
-    engine = db.connect(database_url)
+    engine = migrated_by_alembic(database_url, "0003")
     try:
-        command.upgrade(db.alembic_config(engine), "0003")
         with engine.begin() as connection:
             connection.execute(text("CREATE VIEW finetuning_tasks_current AS SELECT 1 AS mine"))
         with pytest.raises(db.DatabaseError, match="from 0003 to .*finetuning_tasks_current"):
@@ -151,11 +145,12 @@ def test_a_users_view_of_a_name_a_migration_creates_fails_it(database_url):
         engine.dispose()
 
 
-def migrated_by_alembic(path: Path, revision: str = "head"):
-    """An engine on a new SQLite file brought to `revision` by the migrations themselves."""
+def migrated_by_alembic(url: str, revision: str = "head"):
+    """An engine on the database at `url` brought to `revision` by the migrations themselves
+    (a new SQLite file would otherwise get the schema file, not the migrations)."""
     from alembic import command
 
-    engine = db.connect(f"sqlite:///{path}")
+    engine = db.connect(url)
     command.upgrade(db.alembic_config(engine), revision)
     return engine
 
@@ -163,7 +158,7 @@ def migrated_by_alembic(path: Path, revision: str = "head"):
 def test_the_sqlite_schema_file_is_what_the_migrations_build(tmp_path):
     """sqlite_schema.sql, which new SQLite files are created from, is the migrations' schema
     at head, statement for statement (`python -m qfsync.sqlite_schema` writes it again)."""
-    engine = migrated_by_alembic(tmp_path / "migrated.db")
+    engine = migrated_by_alembic(f"sqlite:///{tmp_path / 'migrated.db'}")
     try:
         with engine.connect() as connection:
             rendered = sqlite_schema.render(connection)
@@ -178,7 +173,7 @@ def test_a_new_sqlite_file_is_created_as_the_migrations_would(tmp_path):
     """A new file created from the schema file holds the very objects, DDL for DDL, that the
     migrations make, and the revision at head, so later migrations apply to it as to any."""
     created = db.connect(f"sqlite:///{tmp_path / 'created.db'}")
-    migrated = migrated_by_alembic(tmp_path / "migrated.db")
+    migrated = migrated_by_alembic(f"sqlite:///{tmp_path / 'migrated.db'}")
     query = text("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name")
     try:
         db.upgrade(created)
@@ -217,7 +212,7 @@ def test_a_sqlite_file_downgraded_to_base_is_upgraded_by_the_migrations(tmp_path
     exists")."""
     from alembic import command
 
-    engine = migrated_by_alembic(tmp_path / "q.db")
+    engine = migrated_by_alembic(f"sqlite:///{tmp_path / 'q.db'}")
     try:
         command.downgrade(db.alembic_config(engine), "base")
         assert db.current_revision(engine) is None
@@ -484,7 +479,7 @@ def test_databases_upgraded_from_threads_of_one_process(tmp_path):
     the process, so unserialised migrations ran each other's DDL on the wrong connection
     (KeyError 'config', 'table already exists'). Each database ends at head, whole."""
     # Old, not new: a new SQLite file is created without Alembic (sqlite_schema).
-    engines = [migrated_by_alembic(tmp_path / f"q{n}.db", "0001") for n in range(4)]
+    engines = [migrated_by_alembic(f"sqlite:///{tmp_path / f'q{n}.db'}", "0001") for n in range(4)]
     failures: list[BaseException] = []
 
     def migrate(engine) -> None:
