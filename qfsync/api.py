@@ -233,6 +233,18 @@ def tasks(
     return generate()
 
 
+def name_run(failure: BaseException, run_id: int) -> None:
+    """Say which run `failure` ended: a qfsync error in its `run_id`, any other exception (the
+    host's own, or a bug) in `qfsync_run_id`, a name of qfsync's, as it keeps its type."""
+    if isinstance(failure, QfsyncError):
+        failure.run_id = run_id
+        return
+    try:
+        failure.qfsync_run_id = run_id  # type: ignore[attr-defined]
+    except AttributeError:  # a class with __slots__ and no __dict__: it goes without
+        pass
+
+
 def sync(
     database_url: str | None = None,
     *,
@@ -323,8 +335,8 @@ def sync(
             return result
         except BaseException as exc:
             attempt.error = exc
-            if isinstance(exc, QfsyncError) and attempt.sync and attempt.sync.result:
-                exc.run_id = attempt.sync.result.run_id
+            if attempt.sync and attempt.sync.result:
+                name_run(exc, attempt.sync.result.run_id)
             raise
         finally:
             outputs.write(attempt, engine)

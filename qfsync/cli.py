@@ -79,6 +79,8 @@ def fail(message: str, exit_code: int, exc: BaseException | None = None) -> None
     message = one_line(message)
     if json_logs():
         facts = {key: getattr(exc, key, None) for key in ("run_id", "request_id")}
+        # An internal error is not qfsync's own: api.name_run named its run apart.
+        facts["run_id"] = facts["run_id"] or getattr(exc, "qfsync_run_id", None)
         if exc is not None:
             facts["error"] = str(exc)
         log.error(message, extra=logs.facts(exit_code=exit_code, **facts))

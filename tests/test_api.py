@@ -150,21 +150,24 @@ class SoftTimeLimit(Exception):
 def test_a_host_termination_passes_through_and_fails_the_run(tmp_path, fake_api, ending):
     """An exception of the host's, inside Exception or outside it, raised by the host from a
     callback, reaches the host as itself (not as a qfsync "internal error"), and the run is
-    recorded failed with its name."""
+    recorded failed with its name, which the exception's `qfsync_run_id` gives."""
     api = fake_api(300)
     url = f"sqlite:///{tmp_path / 'q.db'}"
 
     def terminate(result):
         raise ending("the scheduler ended the task")
 
-    with pytest.raises(ending):
+    with pytest.raises(ending) as raised:
         qfsync.sync(url, page_size=50, progress=terminate, **credentials(api))
     engine = db.connect(url)
     try:
         with engine.connect() as connection:
-            status, error = connection.execute(text("SELECT status, error FROM sync_runs")).one()
+            run_id, status, error = connection.execute(
+                text("SELECT id, status, error FROM sync_runs")
+            ).one()
     finally:
         engine.dispose()
+    assert raised.value.qfsync_run_id == run_id
     assert status == "failed"
     assert ending.__name__ in error and "internal error" not in error
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ DB_PASSWORD = "db-password-Zr8wK2"
 SECRETS = (DEMO_SECRET_KEY, WRONG_SECRET, "bce-auth-v1", DB_PASSWORD)
 
 
-def qfsync(*args: str, api, secret: str = DEMO_SECRET_KEY, **env: str):
+def qfsync(*args: str, api, secret: str = DEMO_SECRET_KEY, python=("-m", "qfsync"), **env: str):
     environment = {
         key: value
         for key, value in os.environ.items()
@@ -36,7 +37,7 @@ def qfsync(*args: str, api, secret: str = DEMO_SECRET_KEY, **env: str):
         **env,
     }
     return subprocess.run(
-        [sys.executable, "-m", "qfsync", *args],
+        [sys.executable, *python, *args],
         env=environment,
         capture_output=True,
         text=True,
@@ -316,3 +317,28 @@ def test_a_hosts_record_factory_with_the_same_fields_fails_nothing(database_url,
     assert all(e["marker"] != "host's" for e in pages[1:])
     retries = [e for e in entries if e["logger"] == "qfsync.client"]
     assert retries and all(type(e["attempt"]) is int for e in retries)
+
+
+# `qfsync` with a bug planted after the first page's commit: log_page divides by zero.
+WITH_A_BUG = (
+    "-c",
+    "import sys, qfsync.syncer; from qfsync.cli import run; "
+    "qfsync.syncer.log_page = lambda *page: 1 / 0; sys.argv[0] = 'qfsync'; run()",
+)
+
+
+def test_an_internal_errors_json_line_names_its_run(tmp_path, fake_api):
+    """A bug inside a sync ends in one JSON line that says so and names the run it marked
+    failed, as a qfsync error's line does."""
+    api = fake_api(300)
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    result = qfsync(
+        "--log-format", "json", "sync", "--database-url", url, api=api, python=WITH_A_BUG
+    )
+    assert result.returncode == 1, result.stderr
+    last = json_lines(result.stderr)[-1]
+    assert last["message"].startswith("internal error: ZeroDivisionError"), last
+    with sqlite3.connect(tmp_path / "q.db") as connection:
+        run_id, status = connection.execute("SELECT id, status FROM sync_runs").fetchone()
+    assert status == "failed"
+    assert last["run_id"] == run_id
