@@ -98,17 +98,28 @@ def test_downgrade_to_base_and_back(engine):
     assert db.current_revision(engine) == db.SCHEMA_HEAD
 
 
+# What makes 0003 fail where it rolls back: PostgreSQL cannot change the type of a column that
+# a view reads; on SQLite a user's view of a name 0003 creates, found after sync_runs is rebuilt.
+BLOCKERS = {
+    "sqlite": ("CREATE VIEW sync_scopes AS SELECT 1 AS mine", "DROP VIEW sync_scopes"),
+    "postgresql": (
+        "CREATE VIEW my_runs AS SELECT id, next_marker FROM sync_runs",
+        "DROP VIEW my_runs",
+    ),
+}
+
+
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_a_failed_upgrade_is_rolled_back_whole(database_url):
-    """A user's view on sync_runs.next_marker makes 0003 fail (SQLite cannot rebuild the
-    table, PostgreSQL cannot change the column's type). The failed revision is rolled back
-    whole: the schema stays at 0002 with its views, without 0003's column or a half-built
-    table, and once the user's view is gone the next upgrade succeeds. (pysqlite committed
-    each DDL statement on its own, which left the schema broken for good.)"""
+    """A user's view makes 0003 fail (see BLOCKERS). The failed revision is rolled back whole:
+    the schema stays at 0002 with its views, without 0003's column or a half-built table, and
+    once the user's view is gone the next upgrade succeeds. (pysqlite committed each DDL
+    statement on its own, which left the schema broken for good.)"""
     engine = migrated_by_alembic(database_url, "0002")
+    create, drop = BLOCKERS[engine.dialect.name]
     try:
         with engine.begin() as connection:
-            connection.execute(text("CREATE VIEW my_runs AS SELECT id, next_marker FROM sync_runs"))
+            connection.execute(text(create))
         with pytest.raises(db.DatabaseError, match="upgrading the schema from 0002 to 0005"):
             db.ensure_schema(engine, migrate=True)
         assert db.current_revision(engine) == "0002"
@@ -119,8 +130,46 @@ def test_a_failed_upgrade_is_rolled_back_whole(database_url):
             column["name"] for column in inspector.get_columns("sync_runs")
         }
         with engine.begin() as connection:
-            connection.execute(text("DROP VIEW my_runs"))
+            connection.execute(text(drop))
         db.upgrade(engine)
+        assert db.current_revision(engine) == db.SCHEMA_HEAD
+    finally:
+        engine.dispose()
+
+
+def test_a_sqlite_upgrade_that_rebuilds_sync_runs_keeps_a_users_views_and_triggers(
+    tmp_path, fake_api, run_sync
+):
+    """0003 rebuilds sync_runs on SQLite, which dropped a user's trigger on it and failed on
+    a user's view of it. Both are made again as they were, after the migration's own, and
+    work: the trigger fires for the next sync's run, and the view reads the new table."""
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    engine = migrated_by_alembic(url, "0002")
+    try:
+        with engine.begin() as connection:
+            for statement in (
+                "CREATE TABLE run_audit (run_id INTEGER, status TEXT)",
+                "CREATE TRIGGER audit_runs AFTER INSERT ON sync_runs"
+                " BEGIN INSERT INTO run_audit VALUES (new.id, new.status); END",
+                "CREATE VIEW my_runs AS SELECT id, next_marker FROM sync_runs",
+            ):
+                connection.execute(text(statement))
+            before = connection.execute(
+                text("SELECT type, name, sql FROM sqlite_master WHERE name IN (:a, :b)"),
+                {"a": "audit_runs", "b": "my_runs"},
+            ).all()
+        assert len(before) == 2
+        result = run_sync(engine, fake_api(120))  # the sync upgrades the schema first
+        with engine.connect() as connection:
+            after = connection.execute(
+                text("SELECT type, name, sql FROM sqlite_master WHERE name IN (:a, :b)"),
+                {"a": "audit_runs", "b": "my_runs"},
+            ).all()
+            audited = connection.execute(text("SELECT run_id, status FROM run_audit")).all()
+            mine = connection.execute(text("SELECT id FROM my_runs")).scalars().all()
+        assert sorted(after) == sorted(before)
+        assert audited == [(result.run_id, "running")]
+        assert mine == [result.run_id]
         assert db.current_revision(engine) == db.SCHEMA_HEAD
     finally:
         engine.dispose()

@@ -12,7 +12,8 @@ Revises: 0002
 """
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -99,12 +100,35 @@ def _dialect() -> str:
     return "mysql" if name == "mariadb" else name
 
 
+@contextmanager
+def _sqlite_rebuild() -> Iterator[None]:
+    """Around `batch_alter_table("sync_runs")`, which on SQLite builds a new table, copies the
+    rows, drops the old one and renames the new: the old table's triggers go with it, and any
+    view or trigger that reads it fails the rename ("no such table"). The views and triggers
+    there are now (qfsync's own from 0002, a user's) are set aside and made again from their
+    own SQL, in the order they were made, as SQLite's own procedure for altering a table does."""
+    bind = op.get_bind()
+    if bind.dialect.name != "sqlite":
+        yield
+        return
+    kept = bind.exec_driver_sql(
+        "SELECT type, name, sql FROM sqlite_master"
+        " WHERE type IN ('view', 'trigger') AND sql IS NOT NULL ORDER BY rowid"
+    ).all()
+    for kind, name, _ in kept:
+        quoted = name.replace('"', '""')
+        bind.exec_driver_sql(f'DROP {kind.upper()} IF EXISTS "{quoted}"')
+    yield
+    for _, _, sql in kept:
+        bind.exec_driver_sql(sql)
+
+
 def upgrade() -> None:
     age = _previous().AGE_S[_dialect()]
-    # SQLite rebuilds sync_runs below, which a view that reads it would not survive. (A
-    # failed run of this migration on MariaDB may have dropped it already.)
+    # Made again below, with the new columns. (A failed run of this migration on MariaDB may
+    # have dropped it already.)
     op.execute("DROP VIEW IF EXISTS sync_health")
-    with op.batch_alter_table("sync_runs") as batch:
+    with _sqlite_rebuild(), op.batch_alter_table("sync_runs") as batch:
         if missing_column("sync_runs", "progress_at"):
             batch.add_column(
                 sa.Column(
@@ -126,7 +150,7 @@ def upgrade() -> None:
         "UPDATE sync_runs SET progress_at = COALESCE(finished_at, started_at) "
         "WHERE progress_at IS NULL"
     )
-    with op.batch_alter_table("sync_runs") as batch:
+    with _sqlite_rebuild(), op.batch_alter_table("sync_runs") as batch:
         batch.alter_column(
             "progress_at",
             existing_type=UtcDateTime(),
@@ -144,7 +168,7 @@ def downgrade() -> None:
     previous = _previous()
     op.execute("DROP VIEW IF EXISTS sync_scopes")
     op.execute("DROP VIEW IF EXISTS sync_health")
-    with op.batch_alter_table("sync_runs") as batch:
+    with _sqlite_rebuild(), op.batch_alter_table("sync_runs") as batch:
         batch.drop_column("progress_at")
         batch.alter_column(
             "next_marker",
