@@ -233,15 +233,17 @@ def tasks(
     return generate()
 
 
-def name_run(failure: BaseException, run_id: int) -> None:
-    """Say which run `failure` ended: a qfsync error in its `run_id`, any other exception (the
-    host's own, or a bug) in `qfsync_run_id`, a name of qfsync's, as it keeps its type."""
+def name_run(failure: BaseException, run_id: int | None) -> None:
+    """Say which run `failure` ended, None before its row existed (an exception raised again
+    from an earlier sync must not keep that one's): a qfsync error in its `run_id`, any other
+    exception (the host's own, or a bug) in `qfsync_run_id`, a name of qfsync's, as it keeps
+    its type."""
     if isinstance(failure, QfsyncError):
         failure.run_id = run_id
         return
     try:
         failure.qfsync_run_id = run_id  # type: ignore[attr-defined]
-    except AttributeError:  # a class with __slots__ and no __dict__: it goes without
+    except Exception:  # noqa: BLE001 - an exception that refuses attributes goes without
         pass
 
 
@@ -335,8 +337,8 @@ def sync(
             return result
         except BaseException as exc:
             attempt.error = exc
-            if attempt.sync and attempt.sync.result:
-                name_run(exc, attempt.sync.result.run_id)
+            run = attempt.sync.result if attempt.sync else None
+            name_run(exc, run.run_id if run else None)
             raise
         finally:
             outputs.write(attempt, engine)

@@ -286,16 +286,21 @@ def _upgrade(engine: Engine) -> None:
     if engine.dialect.name != "sqlite":
         command.upgrade(alembic_config(engine), "head")
         return
-    # pysqlite's own transactions send no BEGIN before DDL, so each statement of an upgrade
-    # would commit at once, and a failure (a user's view on a table it rebuilds) would leave
-    # the schema half migrated for good. SQLite rolls DDL back like anything else: the
-    # upgrade runs on an engine that begins its transactions itself.
-    migrating = sqlite_engine(engine.url, isolation_level=None)
-    event.listen(migrating, "begin", lambda connection: connection.exec_driver_sql("BEGIN"))
+    migrating = sqlite_migration_engine(engine.url)
     try:
         command.upgrade(alembic_config(migrating), "head")
     finally:
         migrating.dispose()
+
+
+def sqlite_migration_engine(url: URL) -> Engine:
+    """An engine for migrating a SQLite file, whose transactions hold DDL too: pysqlite's own
+    send no BEGIN before DDL, so each statement of an upgrade would commit at once, and a
+    failure (a user's view on a table it rebuilds) would leave the schema half migrated for
+    good. SQLite rolls DDL back like anything else."""
+    engine = sqlite_engine(url, isolation_level=None)
+    event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN"))
+    return engine
 
 
 def ensure_schema(engine: Engine, migrate: bool) -> str | None:

@@ -122,19 +122,6 @@ CREATE INDEX ix_sync_runs_status_finished_at ON sync_runs (status, finished_at);
 
 CREATE INDEX ix_sync_runs_train_mode_filter_model_filter_mode_started_at ON sync_runs (train_mode_filter, model_filter, mode, started_at);
 
-CREATE VIEW finetuning_jobs_current AS 
-SELECT job_id, name, description, model, train_mode, created_at,
-       first_seen_at, last_seen_at, last_run_id
-FROM finetuning_jobs
-WHERE deleted_at IS NULL;
-
-CREATE VIEW finetuning_jobs_monthly AS 
-SELECT strftime('%Y-%m', created_at) AS month, model, train_mode,
-       COUNT(*) AS jobs_created,
-       COUNT(CASE WHEN deleted_at IS NULL THEN 1 END) AS jobs_listed
-FROM finetuning_jobs
-GROUP BY strftime('%Y-%m', created_at), model, train_mode;
-
 CREATE VIEW sync_health AS 
 SELECT
   (SELECT MAX(id) FROM sync_runs) AS last_run_id,
@@ -179,6 +166,19 @@ FROM (SELECT mode, train_mode_filter, model_filter,
 JOIN sync_runs last ON last.id = g.last_run_id
 LEFT JOIN sync_runs ok ON ok.id = g.last_success_run_id
 LEFT JOIN sync_runs failed ON failed.id = g.last_failure_run_id;
+
+CREATE VIEW finetuning_jobs_current AS 
+SELECT job_id, name, description, model, train_mode, created_at,
+       first_seen_at, last_seen_at, last_run_id
+FROM finetuning_jobs
+WHERE deleted_at IS NULL;
+
+CREATE VIEW finetuning_jobs_monthly AS 
+SELECT strftime('%Y-%m', created_at) AS month, model, train_mode,
+       COUNT(*) AS jobs_created,
+       COUNT(CASE WHEN deleted_at IS NULL THEN 1 END) AS jobs_listed
+FROM finetuning_jobs
+GROUP BY strftime('%Y-%m', created_at), model, train_mode;
 
 CREATE VIEW finetuning_tasks_current AS 
 SELECT t.task_id, t.job_id, j.name AS job_name, j.model, j.train_mode,

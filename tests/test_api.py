@@ -172,6 +172,44 @@ def test_a_host_termination_passes_through_and_fails_the_run(tmp_path, fake_api,
     assert ending.__name__ in error and "internal error" not in error
 
 
+class Immutable(Exception):
+    """A host's exception that refuses attributes of its own."""
+
+    def __setattr__(self, name, value):
+        if not name.startswith("__"):
+            raise TypeError(f"{type(self).__name__} is immutable")
+        super().__setattr__(name, value)
+
+
+def test_a_host_exception_that_refuses_attributes_reaches_it_as_itself(tmp_path, fake_api):
+    """qfsync cannot name the run in such an exception; the host gets it all the same."""
+    api = fake_api(300)
+
+    def cancel(result):
+        raise Immutable("cancelled")
+
+    with pytest.raises(Immutable):
+        qfsync.sync(f"sqlite:///{tmp_path / 'q.db'}", progress=cancel, **credentials(api))
+
+
+def test_an_exception_raised_again_does_not_keep_an_earlier_syncs_run(tmp_path, fake_api):
+    """The same exception object, raised in one sync after its run row existed and then in a
+    sync of another database before its row did, names no run the second time."""
+    api = fake_api(300)
+    cancel = SoftTimeLimit("cancelled")
+
+    def raise_cancel(*args):
+        raise cancel
+
+    with pytest.raises(SoftTimeLimit):
+        qfsync.sync(f"sqlite:///{tmp_path / 'a.db'}", progress=raise_cancel, **credentials(api))
+    assert cancel.qfsync_run_id == 1
+    # A new file's schema is created before its run row, and the sync says so in a note.
+    with pytest.raises(SoftTimeLimit):
+        qfsync.sync(f"sqlite:///{tmp_path / 'b.db'}", notify=raise_cancel, **credentials(api))
+    assert cancel.qfsync_run_id is None
+
+
 def test_library_use_leaves_signals_and_logging_alone(tmp_path, fake_api, monkeypatch):
     """A sync in-process (settings from the environment, as the command reads them) installs
     no signal handler and changes no logger's level or handlers."""

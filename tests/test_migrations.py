@@ -137,40 +137,87 @@ def test_a_failed_upgrade_is_rolled_back_whole(database_url):
         engine.dispose()
 
 
+# A user's objects at 0002, which 0003's rebuild of sync_runs on SQLite must leave as they were.
+USERS_OBJECTS = (
+    "CREATE TABLE run_audit (run_id INTEGER, event TEXT)",
+    "CREATE TRIGGER audit_inserts AFTER INSERT ON sync_runs"
+    " BEGIN INSERT INTO run_audit VALUES (new.id, new.status); END",
+    # Reads sync_health, which 0003 drops and makes again after its UPDATE of every run.
+    "CREATE TRIGGER audit_updates AFTER UPDATE ON sync_runs"
+    " BEGIN INSERT INTO run_audit SELECT new.id, last_run_status FROM sync_health; END",
+    "CREATE VIEW my_runs AS SELECT id, next_marker FROM sync_runs",
+    'CREATE TRIGGER "health, written" INSTEAD OF INSERT ON sync_health BEGIN SELECT 1; END',
+)
+USERS_NAMES = ("audit_inserts", "audit_updates", "my_runs", "health, written")
+OLD_RUN = (
+    "INSERT INTO sync_runs (started_at, finished_at, status, mode, page_size, pages, jobs_seen,"
+    " jobs_inserted, jobs_updated, jobs_unchanged, jobs_deleted, walk_started_at, complete,"
+    " qfsync_version) VALUES ('2026-01-01 00:00:00', '2026-01-01 00:01:00', 'succeeded',"
+    " 'full', 100, 1, 0, 0, 0, 0, 0, '2026-01-01 00:00:00', 1, 'old')"
+)
+
+
+def users_objects(connection) -> list:
+    query = "SELECT type, name, sql FROM sqlite_master WHERE name IN ({})".format(
+        ", ".join("?" * len(USERS_NAMES))
+    )
+    return sorted(connection.exec_driver_sql(query, USERS_NAMES).all())
+
+
 def test_a_sqlite_upgrade_that_rebuilds_sync_runs_keeps_a_users_views_and_triggers(
     tmp_path, fake_api, run_sync
 ):
-    """0003 rebuilds sync_runs on SQLite, which dropped a user's trigger on it and failed on
-    a user's view of it. Both are made again as they were, after the migration's own, and
-    work: the trigger fires for the next sync's run, and the view reads the new table."""
+    """0003 rebuilds sync_runs on SQLite, which dropped a user's triggers on it and failed on
+    a user's view of it. They are made again as they were, and work: the insert trigger fires
+    for the next sync's run, and the view reads the new table. None fires on the migration's
+    own UPDATE of the runs before it (the update trigger reads sync_health, which 0003 has
+    dropped by then), and an INSTEAD OF trigger on sync_health, a view 0003 replaces, is kept."""
     url = f"sqlite:///{tmp_path / 'q.db'}"
     engine = migrated_by_alembic(url, "0002")
     try:
         with engine.begin() as connection:
-            for statement in (
-                "CREATE TABLE run_audit (run_id INTEGER, status TEXT)",
-                "CREATE TRIGGER audit_runs AFTER INSERT ON sync_runs"
-                " BEGIN INSERT INTO run_audit VALUES (new.id, new.status); END",
-                "CREATE VIEW my_runs AS SELECT id, next_marker FROM sync_runs",
-            ):
-                connection.execute(text(statement))
-            before = connection.execute(
-                text("SELECT type, name, sql FROM sqlite_master WHERE name IN (:a, :b)"),
-                {"a": "audit_runs", "b": "my_runs"},
-            ).all()
-        assert len(before) == 2
+            connection.execute(text(OLD_RUN))
+            for statement in USERS_OBJECTS:
+                connection.exec_driver_sql(statement)
+            before = users_objects(connection)
+        assert len(before) == len(USERS_NAMES)
         result = run_sync(engine, fake_api(120))  # the sync upgrades the schema first
         with engine.connect() as connection:
-            after = connection.execute(
-                text("SELECT type, name, sql FROM sqlite_master WHERE name IN (:a, :b)"),
-                {"a": "audit_runs", "b": "my_runs"},
-            ).all()
-            audited = connection.execute(text("SELECT run_id, status FROM run_audit")).all()
+            assert users_objects(connection) == before
+            audited = connection.execute(text("SELECT run_id, event FROM run_audit")).all()
             mine = connection.execute(text("SELECT id FROM my_runs")).scalars().all()
-        assert sorted(after) == sorted(before)
-        assert audited == [(result.run_id, "running")]
-        assert mine == [result.run_id]
+        # The sync's own updates of its run fire the update trigger; the migration's did not.
+        assert audited[0] == (result.run_id, "running")
+        assert {run_id for run_id, _ in audited} == {result.run_id}
+        assert mine == [1, result.run_id]
         assert db.current_revision(engine) == db.SCHEMA_HEAD
+    finally:
+        engine.dispose()
+
+
+def test_alembic_run_by_hand_on_sqlite_rolls_a_failed_revision_back_whole(tmp_path, monkeypatch):
+    """`alembic downgrade` run by hand (migrations/env.py's own engine) migrates in
+    transactions that hold DDL, as qfsync does: a downgrade of 0003 that fails (a table left
+    by an earlier failed rebuild is in its way) leaves every view and trigger, the user's and
+    qfsync's, as they were. On plain pysqlite each DROP committed at once, and they were lost."""
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    engine = migrated_by_alembic(url, "0003")
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE _alembic_tmp_sync_runs (id INTEGER)")
+            connection.exec_driver_sql(USERS_OBJECTS[0])
+            connection.exec_driver_sql(USERS_OBJECTS[1])
+            connection.exec_driver_sql(USERS_OBJECTS[3])
+            everything = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
+            before = connection.exec_driver_sql(everything).all()
+        monkeypatch.setenv("QFSYNC_DATABASE_URL", url)
+        with pytest.raises(Exception, match="_alembic_tmp_sync_runs already exists"):
+            command.downgrade(db.alembic_config(), "0002")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql(everything).all() == before
+        assert db.current_revision(engine) == "0003"
     finally:
         engine.dispose()
 

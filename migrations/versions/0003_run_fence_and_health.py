@@ -101,19 +101,23 @@ def _dialect() -> str:
 
 
 @contextmanager
-def _sqlite_rebuild() -> Iterator[None]:
-    """Around `batch_alter_table("sync_runs")`, which on SQLite builds a new table, copies the
-    rows, drops the old one and renames the new: the old table's triggers go with it, and any
-    view or trigger that reads it fails the rename ("no such table"). The views and triggers
-    there are now (qfsync's own from 0002, a user's) are set aside and made again from their
-    own SQL, in the order they were made, as SQLite's own procedure for altering a table does."""
+def _sqlite_views_and_triggers_set_aside() -> Iterator[None]:
+    """Around this migration's work on sync_runs. On SQLite `batch_alter_table` builds a new
+    table, copies the rows, drops the old one and renames the new: the old table's triggers
+    go with it, and any view or trigger that reads it fails the rename ("no such table"). So
+    every view and trigger (qfsync's own from 0002, a user's), but the views this migration
+    replaces, is set aside until the work is done, then made again from its own SQL in the
+    order it was made, as SQLite's own procedure for altering a table does. Meanwhile no
+    user's trigger fires on the migration's own UPDATE, as none would on SQLite's ALTER."""
     bind = op.get_bind()
     if bind.dialect.name != "sqlite":
         yield
         return
     kept = bind.exec_driver_sql(
         "SELECT type, name, sql FROM sqlite_master"
-        " WHERE type IN ('view', 'trigger') AND sql IS NOT NULL ORDER BY rowid"
+        " WHERE type IN ('view', 'trigger') AND sql IS NOT NULL"
+        # The views this migration drops and makes itself, in both directions.
+        " AND NOT (type = 'view' AND name IN ('sync_health', 'sync_scopes')) ORDER BY rowid"
     ).all()
     for kind, name, _ in kept:
         quoted = name.replace('"', '""')
@@ -125,57 +129,59 @@ def _sqlite_rebuild() -> Iterator[None]:
 
 def upgrade() -> None:
     age = _previous().AGE_S[_dialect()]
-    # Made again below, with the new columns. (A failed run of this migration on MariaDB may
-    # have dropped it already.)
-    op.execute("DROP VIEW IF EXISTS sync_health")
-    with _sqlite_rebuild(), op.batch_alter_table("sync_runs") as batch:
-        if missing_column("sync_runs", "progress_at"):
-            batch.add_column(
-                sa.Column(
-                    "progress_at",
-                    UtcDateTime(),
-                    nullable=True,
-                    comment=PROGRESS_COMMENT,
+    with _sqlite_views_and_triggers_set_aside():
+        # Made again below, with the new columns. (A failed run of this migration on MariaDB
+        # may have dropped it already.)
+        op.execute("DROP VIEW IF EXISTS sync_health")
+        with op.batch_alter_table("sync_runs") as batch:
+            if missing_column("sync_runs", "progress_at"):
+                batch.add_column(
+                    sa.Column(
+                        "progress_at",
+                        UtcDateTime(),
+                        nullable=True,
+                        comment=PROGRESS_COMMENT,
+                    )
                 )
+            batch.alter_column(
+                "next_marker",
+                existing_type=sa.String(length=255),
+                type_=LongText,
+                existing_nullable=True,
+                existing_comment=MARKER_COMMENT,
             )
-        batch.alter_column(
-            "next_marker",
-            existing_type=sa.String(length=255),
-            type_=LongText,
-            existing_nullable=True,
-            existing_comment=MARKER_COMMENT,
+        # Older runs recorded no progress time: their end (or start) is the best there is.
+        op.execute(
+            "UPDATE sync_runs SET progress_at = COALESCE(finished_at, started_at) "
+            "WHERE progress_at IS NULL"
         )
-    # Older runs recorded no progress time: their end (or start) is the best there is.
-    op.execute(
-        "UPDATE sync_runs SET progress_at = COALESCE(finished_at, started_at) "
-        "WHERE progress_at IS NULL"
-    )
-    with _sqlite_rebuild(), op.batch_alter_table("sync_runs") as batch:
-        batch.alter_column(
-            "progress_at",
-            existing_type=UtcDateTime(),
-            nullable=False,
-            existing_comment=PROGRESS_COMMENT,
+        with op.batch_alter_table("sync_runs") as batch:
+            batch.alter_column(
+                "progress_at",
+                existing_type=UtcDateTime(),
+                nullable=False,
+                existing_comment=PROGRESS_COMMENT,
+            )
+        create_view(
+            "sync_health",
+            HEALTH.format(age=age.format(LAST_SUCCESS), full_age=age.format(LAST_FULL_SUCCESS)),
         )
-    create_view(
-        "sync_health",
-        HEALTH.format(age=age.format(LAST_SUCCESS), full_age=age.format(LAST_FULL_SUCCESS)),
-    )
-    create_view("sync_scopes", SCOPES.format(age=age.format("ok.finished_at")))
+        create_view("sync_scopes", SCOPES.format(age=age.format("ok.finished_at")))
 
 
 def downgrade() -> None:
     previous = _previous()
-    op.execute("DROP VIEW IF EXISTS sync_scopes")
-    op.execute("DROP VIEW IF EXISTS sync_health")
-    with _sqlite_rebuild(), op.batch_alter_table("sync_runs") as batch:
-        batch.drop_column("progress_at")
-        batch.alter_column(
-            "next_marker",
-            existing_type=LongText,
-            type_=sa.String(length=255),
-            existing_nullable=True,
-            existing_comment=MARKER_COMMENT,
-        )
-    age = previous.AGE_S[_dialect()]
-    create_view("sync_health", previous.HEALTH.format(age=age.format(previous.LAST_SUCCESS)))
+    with _sqlite_views_and_triggers_set_aside():
+        op.execute("DROP VIEW IF EXISTS sync_scopes")
+        op.execute("DROP VIEW IF EXISTS sync_health")
+        with op.batch_alter_table("sync_runs") as batch:
+            batch.drop_column("progress_at")
+            batch.alter_column(
+                "next_marker",
+                existing_type=LongText,
+                type_=sa.String(length=255),
+                existing_nullable=True,
+                existing_comment=MARKER_COMMENT,
+            )
+        age = previous.AGE_S[_dialect()]
+        create_view("sync_health", previous.HEALTH.format(age=age.format(previous.LAST_SUCCESS)))
