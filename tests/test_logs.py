@@ -122,8 +122,19 @@ def test_the_task_requests_retry_lines_name_the_run(tmp_path, fake_api):
     the run as those of the jobs walk do."""
     api = fake_api(120, Faults(throttle_rate=0.3, retry_after_s=0))
     url = f"sqlite:///{tmp_path / 'q.db'}"
+    # 25 attempts, not the default 8: one of this sync's hundred-odd task requests met eight
+    # throttled answers in a row (0.3**8 each) about once in a hundred runs; 0.3**25 never.
     synced = qfsync(
-        "--log-format", "json", "sync", "--tasks", "--json", "--database-url", url, api=api
+        "--log-format",
+        "json",
+        "sync",
+        "--tasks",
+        "--max-attempts",
+        "25",
+        "--json",
+        "--database-url",
+        url,
+        api=api,
     )
     assert synced.returncode == 0, synced.stderr
     run_id = json.loads(synced.stdout)["run_id"]
