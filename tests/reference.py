@@ -4,7 +4,7 @@ run's progress as `record_page` writes it, fenced as every writer's is."""
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -47,9 +47,12 @@ class ReferenceWriter:
         run_id: int,
         now: datetime,
         next_marker: str | None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> Counts:
         counts = write_jobs(connection, list(jobs), run_id, now)
         record_page(connection, run_id, len(jobs), counts, next_marker)
+        if meanwhile is not None:
+            meanwhile()
         return counts
 
 

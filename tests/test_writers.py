@@ -53,13 +53,20 @@ def sync(engine: Engine, writer: PageWriter, items: Items, run_id: int) -> list[
     for start in range(0, max(len(items), 1), PAGE):
         jobs = [parse_job(item, i) for i, item in enumerate(items[start : start + PAGE])]
         last = start + PAGE >= len(items)
+        meanwhile: list[int] = []
         with engine.begin() as connection:
             written = writer.write(
-                connection, writer.prepare(jobs), run_id, now, None if last else f"m{start}"
+                connection,
+                writer.prepare(jobs),
+                run_id,
+                now,
+                None if last else f"m{start}",
+                lambda: meanwhile.append(start),  # noqa: B023 - called before the loop goes on
             )
             counts.append((written.inserted, written.updated, written.unchanged))
             if last:
                 mark_deleted(connection, Scope(), now, run_id, now, EVERYTHING)
+        assert meanwhile == [start]  # once a page, whatever the writer
     return counts
 
 
@@ -283,3 +290,24 @@ def test_postgresql_pages_commit_without_waiting_for_the_disk(engine):
         assert connection.scalar(text("SHOW synchronous_commit")) == "off"
     with engine.connect() as connection:  # SET LOCAL: nothing outlives the page's transaction
         assert connection.scalar(text("SHOW synchronous_commit")) == "on"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_postgresql_writer_works_meanwhile_while_the_server_runs_the_page(engine):
+    """The sync prepares the next page in `meanwhile`: on PostgreSQL it runs after the page's
+    statement is sent and before its result is read, while the server is at work."""
+    from psycopg.pq import TransactionStatus
+
+    writer = writers.for_dialect("postgresql")
+    with engine.begin() as connection:
+        start_run(connection, 1, T0)
+    seen = []
+    with engine.begin() as connection:
+        driver = connection.connection.driver_connection
+
+        def meanwhile() -> None:
+            seen.append(driver.info.transaction_status)
+
+        written = writer.write(connection, writer.prepare(synthetic(PAGE)), 1, T0, "m", meanwhile)
+    assert seen == [TransactionStatus.ACTIVE]  # a statement in progress, its result unread
+    assert written.inserted == PAGE

@@ -10,7 +10,7 @@ unchanged ones only get `last_seen_at` and `last_run_id`.
 """
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Protocol
@@ -53,8 +53,8 @@ def driver_errors(connection: Connection) -> Iterator[None]:
 class PageWriter(Protocol):
     def prepare(self, jobs: Sequence[Job]) -> Any:
         """What `write` takes: the page's values in the form this database's writer sends,
-        computed on a thread of its own while the previous page is being written (hashing and
-        encoding a page costs about as much as the database's work on it)."""
+        computed while the previous page is being written (`meanwhile`): hashing and encoding
+        a page costs about as much as the database's work on it."""
         ...
 
     def write(
@@ -64,11 +64,14 @@ class PageWriter(Protocol):
         run_id: int,
         now: datetime,
         next_marker: str | None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> Counts:
         """Write the page and add it to the run's progress, fenced (`runs.still_running`):
         only while the run is still `running`, else raise LockLost (`runs.check_fenced`). The
         page's commit need not wait for the disk: the next sync would write it again (see "How
-        a sync behaves" in the README)."""
+        a sync behaves" in the README). `meanwhile` (which raises nothing) is called once,
+        while the database works on the page where the driver lets the statement run without
+        waiting for it, else after the page's statements."""
         ...
 
 

@@ -9,7 +9,7 @@ with the table.
 """
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -209,15 +209,19 @@ class PostgresqlWriter:
         run_id: int,
         now: datetime,
         next_marker: str | None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> Counts:
         params = {**prepared, "now": now, "run_id": run_id, "next_marker": next_marker}
         driver = connection.connection.driver_connection
         assert driver is not None
         with driver_errors(connection):
-            # Pipelined: the transaction's BEGIN, the settings and the page go in one round trip.
+            # Pipelined: the transaction's BEGIN, the settings and the page go in one round trip,
+            # sent at once; the server runs them while `meanwhile` runs here.
             with driver.pipeline():
                 driver.execute(PLAN_SETTINGS, prepare=True)
                 cursor = driver.execute(PAGE_SQL, params, prepare=True)
+                if meanwhile is not None:
+                    meanwhile()
             row = cursor.fetchone()
         inserted, updated, unchanged, fenced, _ = row
         check_fenced(fenced, run_id)

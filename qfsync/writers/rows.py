@@ -6,7 +6,7 @@ the driver's own cursor: SQLAlchemy's per-parameter processing cost more than th
 work. A dialect module supplies the upsert, how it stores a time, and its placeholder.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -88,6 +88,7 @@ class RowWriter:
         run_id: int,
         now: datetime,
         next_marker: str | None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> Counts:
         driver = connection.connection.driver_connection
         assert driver is not None
@@ -104,6 +105,8 @@ class RowWriter:
             finally:
                 cursor.close()
         check_fenced(fenced, run_id)
+        if meanwhile is not None:  # sqlite3 and PyMySQL wait for each statement: nothing overlaps
+            meanwhile()
         return counts
 
     def _write(self, cursor: Any, rows: list[Row], run_id: int, now: Any) -> Counts:
