@@ -1,12 +1,13 @@
 """Prototype for issue 10: prepare the next page on the writing thread while PostgreSQL works.
 
-Not part of qfsync and not run by `make bench`. A sync prepares each page (hashes, JSON text,
-binary arrays) on a thread of its own, which takes the GIL just when the writing thread wants
-it back from the server. Here the writing thread itself prepares page N+1 between sending page
-N (psycopg's pipeline sends it at once) and reading its result, so that the two overlap
-without a third thread. Both variants walk the bench's fake API on a fetch thread, as a sync
-does, and write every page in its own transaction with qfsync's PostgreSQL writer into a fresh
-database; they alternate, and only their ratio in one session counts.
+Not part of qfsync and not run by `make bench`; it measured the design qfsync now has. A sync
+prepared each page (hashes, JSON text, binary arrays) on a thread of its own, which took the
+GIL just when the writing thread wanted it back from the server ("threads" here). Here the
+writing thread itself prepares page N+1 between sending page N (psycopg's pipeline sends it at
+once) and reading its result, so that the two overlap without a third thread ("overlapped").
+Both variants walk the bench's fake API on a fetch thread, as a sync does, and write every
+page in its own transaction with qfsync's PostgreSQL writer into a fresh database; they
+alternate, and only their ratio in one session counts.
 
     bench/.venv/bin/python bench/experiments/prepare_overlap.py [JOBS] [ROUNDS]
 """
@@ -26,7 +27,7 @@ from qfsync.client import Client, Credentials, JobQuery, walk  # noqa: E402
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY  # noqa: E402
 from qfsync.runs import check_fenced  # noqa: E402
 from qfsync.store import Scope  # noqa: E402
-from qfsync.syncer import prefetched  # noqa: E402
+from qfsync.syncer import Prefetched  # noqa: E402
 from qfsync.writers.postgresql import PAGE_SQL, PLAN_SETTINGS, PostgresqlWriter  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def sync(url: str, api_url: str, overlapped: bool) -> float:
         with connection.begin():
             run_id, _ = runs.start(connection, Scope(None, None), "full", 100, None)
         started = time.perf_counter()
-        fetch = prefetched(walk(client, JobQuery(), None, halt), halt, "fetch")
+        fetch = Prefetched(walk(client, JobQuery(), None, halt), halt, "fetch")
         if overlapped:
             pages: Iterator[Any] = fetch
             prepared = writer.prepare(next(pages).jobs)
@@ -67,10 +68,11 @@ def sync(url: str, api_url: str, overlapped: bool) -> float:
                 with connection.begin():
                     prepared = write_overlapped(connection, prepared, run_id, prepare_next)
         else:
-            ready = prefetched(map(lambda page: writer.prepare(page.jobs), fetch), halt, "prep")
+            ready = Prefetched(map(lambda page: writer.prepare(page.jobs), fetch), halt, "prep")
             for prepared in ready:
                 with connection.begin():
                     writer.write(connection, prepared, run_id, runs.utcnow(), "marker")
+            halt.set()
             ready.close()
         wall = time.perf_counter() - started
         halt.set()
