@@ -23,7 +23,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import fits, logs, runs, store, writers
 from .client import Client, JobQuery, walk
 from .db import database_error, describe, ensure_schema
-from .errors import ApiError, DatabaseError, Interrupted, QfsyncError, SyncLocked, one_line
+from .errors import (
+    ApiError,
+    DatabaseError,
+    ForcedInterrupt,
+    Interrupted,
+    QfsyncError,
+    SyncLocked,
+    one_line,
+)
 from .guard import DEFAULT, DeleteLimit
 from .lock import sync_lock
 from .pages import Job, Page, excerpt
@@ -209,8 +217,8 @@ class Prefetched(Generic[T]):
 
 
 class Upcoming:
-    """The page after the one being written, prepared while the database works on that one if
-    it has been fetched by then (the page writer calls this object: `meanwhile`), else once
+    """The page after the one being written, prepared while the server works on that one if it
+    has been fetched by then (a page writer that can calls this object: `meanwhile`), else once
     that one is committed, without holding its transaction open for the network. Whatever goes
     wrong meanwhile is kept until then too: a page is never failed by the page after it."""
 
@@ -218,7 +226,7 @@ class Upcoming:
         self._pages, self._ready = pages, ready
         self._taken = False
         self._value: Ready | None = None
-        self._error: Exception | None = None
+        self._error: BaseException | None = None
 
     def __call__(self) -> None:
         if self._taken:
@@ -229,7 +237,9 @@ class Upcoming:
                 return
             self._taken = True
             self._value = self._ready(page)
-        except Exception as exc:  # noqa: BLE001 - raised by `get`, after this page's commit
+        except ForcedInterrupt:
+            raise  # the second signal stops the sync where it is, this page's statement too
+        except BaseException as exc:  # noqa: BLE001 - raised by `get`, after this page's commit
             self._taken, self._error = True, exc
 
     def get(self) -> Ready | None:
@@ -405,8 +415,8 @@ class Sync:
         return exc
 
     def _ready(self, page: Page) -> Ready:
-        """Check the page against its columns and prepare it for the writer (in a full walk,
-        while the database writes the page before it: see `Upcoming`)."""
+        """Check the page against its columns and prepare it for the writer (in a full walk on
+        PostgreSQL, while the server writes the page before it: see `Upcoming`)."""
         fits.check_page(page.jobs, page.next_marker, self.engine.dialect.name)
         return Ready(page, self.writer.prepare(page.jobs))
 
@@ -519,9 +529,10 @@ class Sync:
         self._seen_floor = walk_started_at
         first = next(pages)
         # The next pages are fetched on a thread of their own, so that the walk never waits
-        # for the database; each is checked and prepared on this one while the database works
-        # on the page before it (a thread for that took the GIL just as the writing thread
-        # needed it back from the server, which cost PostgreSQL a third of its pace).
+        # for the database; each is checked and prepared on this one, on PostgreSQL while the
+        # server works on the page before it (a thread for that took the GIL just as the
+        # writing thread needed it back from the server, which cost PostgreSQL a third of its
+        # pace), elsewhere once that page is committed.
         halt = self.stop.event
         ahead = None if first.is_last else Prefetched(pages, halt, "qfsync-fetch")
         try:

@@ -51,8 +51,6 @@ class ReferenceWriter:
     ) -> Counts:
         counts = write_jobs(connection, list(jobs), run_id, now)
         record_page(connection, run_id, len(jobs), counts, next_marker)
-        if meanwhile is not None:
-            meanwhile()
         return counts
 
 

@@ -3,11 +3,12 @@ database writes this one (`Upcoming`), which never waits for the network inside 
 transaction and never fails that page for its successor's fault."""
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from qfsync.errors import ApiError
+from qfsync.errors import ApiError, ForcedInterrupt
 from qfsync.syncer import Prefetched, Upcoming
 
 
@@ -79,4 +80,48 @@ def test_a_halted_walk_has_no_next_page():
         assert upcoming.get() is None
     finally:
         gate.set()
+        pages.close()
+
+
+class HostTerminated(BaseException):
+    """What a host raises to end a task, as Airflow's AirflowTaskTerminated does."""
+
+
+def test_even_a_base_exception_of_the_next_page_waits_for_this_ones_commit():
+    """A BaseException from the next page's fetch thread or preparation (a host's own) is held
+    like any failure: the page being written still commits, as with the prepare thread."""
+    halt = threading.Event()
+    pages = Prefetched(iter(["page 2"]), halt, "test-fetch")
+    try:
+
+        def terminate(page: str) -> str:
+            raise HostTerminated(page)
+
+        upcoming = Upcoming(pages, terminate)  # type: ignore[arg-type]
+        upcoming()
+        with pytest.raises(HostTerminated):
+            upcoming.get()
+    finally:
+        halt.set()
+        pages.close()
+
+
+def test_a_forced_stop_during_the_preparation_acts_at_once():
+    """The second signal's ForcedInterrupt stops the sync where it is: raised inside `meanwhile`
+    it leaves at once, and the page's transaction with it, rather than wait for the commit."""
+    halt = threading.Event()
+    pages = Prefetched(iter(["page 2"]), halt, "test-fetch")
+
+    def forced(page: str) -> str:
+        raise ForcedInterrupt("SIGINT", 130)
+
+    try:
+        upcoming = Upcoming(pages, forced)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 30
+        with pytest.raises(ForcedInterrupt):
+            while time.monotonic() < deadline:
+                upcoming()  # returns while page 2 is on its way, raises once it is prepared
+                time.sleep(0.01)
+    finally:
+        halt.set()
         pages.close()

@@ -53,8 +53,9 @@ def driver_errors(connection: Connection) -> Iterator[None]:
 class PageWriter(Protocol):
     def prepare(self, jobs: Sequence[Job]) -> Any:
         """What `write` takes: the page's values in the form this database's writer sends,
-        computed while the previous page is being written (`meanwhile`): hashing and encoding
-        a page costs about as much as the database's work on it."""
+        computed, where the driver allows, while the previous page is being written
+        (`meanwhile`): hashing and encoding a page costs about as much as the database's work
+        on it."""
         ...
 
     def write(
@@ -69,9 +70,9 @@ class PageWriter(Protocol):
         """Write the page and add it to the run's progress, fenced (`runs.still_running`):
         only while the run is still `running`, else raise LockLost (`runs.check_fenced`). The
         page's commit need not wait for the disk: the next sync would write it again (see "How
-        a sync behaves" in the README). `meanwhile` (which raises nothing) is called once,
-        while the database works on the page where the driver lets the statement run without
-        waiting for it, else after the page's statements."""
+        a sync behaves" in the README). A writer whose driver lets the page's statement run
+        without waiting for it calls `meanwhile` once, while the server works; the others
+        leave it, as it would only keep the page's transaction open longer."""
         ...
 
 

@@ -126,10 +126,10 @@ PLAN_SETTINGS = (
 )
 
 
-# The page's columns in PostgreSQL's binary array format, built by `prepare` on a thread of its
-# own while the server works on the previous page: the same bytes psycopg's own list dumpers make,
-# which cost the writing thread about a third of its time. Text goes as UTF-8, the client
-# encoding db.py sets.
+# The page's columns in PostgreSQL's binary array format, built by `prepare` while the server
+# works on the previous page (`meanwhile`): the same bytes psycopg's own list dumpers make,
+# which, made as psycopg sent the page, cost the writing thread about a third of its time.
+# Text goes as UTF-8, the client encoding db.py sets.
 TEXT_OID, TIMESTAMPTZ_OID = 25, 1184
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 NULL = struct.pack("!i", -1)

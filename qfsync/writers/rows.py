@@ -105,9 +105,7 @@ class RowWriter:
             finally:
                 cursor.close()
         check_fenced(fenced, run_id)
-        if meanwhile is not None:  # sqlite3 and PyMySQL wait for each statement: nothing overlaps
-            meanwhile()
-        return counts
+        return counts  # `meanwhile` is left: sqlite3 and PyMySQL wait for each statement
 
     def _write(self, cursor: Any, rows: list[Row], run_id: int, now: Any) -> Counts:
         if not rows:
