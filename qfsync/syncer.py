@@ -139,7 +139,7 @@ class Ready:
     prepared: Any
 
 
-_EMPTY = object()  # nothing has arrived (or the stage was halted)
+_EMPTY = object()  # no item held
 _DONE = object()  # the items ended
 
 
@@ -428,9 +428,9 @@ class Sync:
         meanwhile: Callable[[], None] | None = None,
     ) -> Counts:
         """Commit one page, its jobs' tasks (with --tasks) and the run's progress in one
-        transaction, through the database's page writer, which calls `meanwhile` while the
-        database works. The progress update is fenced: a run that lost its lock writes nothing
-        more."""
+        transaction, through the database's page writer, which may call `meanwhile` while the
+        server works on the page. The progress update is fenced: a run that lost its lock
+        writes nothing more."""
         page = ready.page
         listings = self._fetch_tasks(page)
         if self._pages is None:
