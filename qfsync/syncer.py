@@ -152,7 +152,7 @@ class Prefetched(Generic[T]):
         self._items = items
         self._halt = halt
         self._slots: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_PAGES)
-        self._head: Any = _EMPTY  # the end, once `poll` has seen it
+        self._head: Any = _EMPTY  # taken from the queue, not yet handed on (the end stays)
         # Not `halt` itself: a stage that ends must not stop the stage that takes its items.
         self._closed = threading.Event()
         # In the caller's context, so that the fetch thread's log lines name the run too.
@@ -224,32 +224,29 @@ class Upcoming:
 
     def __init__(self, pages: Prefetched[Page], ready: Callable[[Page], Ready]):
         self._pages, self._ready = pages, ready
-        self._taken = False
         self._value: Ready | None = None
         self._error: BaseException | None = None
 
     def __call__(self) -> None:
-        if self._taken:
+        if self._value is not None or self._error is not None:
             return
         try:
             page = self._pages.poll()
-            if page is None:
-                return
-            self._taken = True
-            self._value = self._ready(page)
+            if page is not None:
+                self._value = self._ready(page)
         except ForcedInterrupt:
             raise  # the second signal stops the sync where it is, this page's statement too
         except BaseException as exc:  # noqa: BLE001 - raised by `get`, after this page's commit
-            self._taken, self._error = True, exc
+            self._error = exc
 
     def get(self) -> Ready | None:
         """The next page, ready to write; None if the walk was halted before it."""
-        if not self._taken:
-            page = next(self._pages, None)
-            return None if page is None else self._ready(page)
         if self._error is not None:
             raise self._error
-        return self._value
+        if self._value is not None:
+            return self._value
+        page = next(self._pages, None)
+        return None if page is None else self._ready(page)
 
 
 class Sync:

@@ -15,7 +15,7 @@ alternate, and only their ratio in one session counts.
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +25,9 @@ import bench  # noqa: E402  (bench/bench.py, beside this directory)
 from qfsync import db, runs  # noqa: E402
 from qfsync.client import Client, Credentials, JobQuery, walk  # noqa: E402
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY  # noqa: E402
-from qfsync.runs import check_fenced  # noqa: E402
 from qfsync.store import Scope  # noqa: E402
 from qfsync.syncer import Prefetched  # noqa: E402
-from qfsync.writers.postgresql import PAGE_SQL, PLAN_SETTINGS, PostgresqlWriter  # noqa: E402
-
-
-def write_overlapped(
-    connection: Any, prepared: dict[str, Any], run_id: int, work: Callable[[], Any]
-) -> Any:
-    """PostgresqlWriter.write, with `work` run while the server executes the page."""
-    params = {**prepared, "now": runs.utcnow(), "run_id": run_id, "next_marker": "marker"}
-    driver = connection.connection.driver_connection
-    with driver.pipeline():
-        driver.execute(PLAN_SETTINGS, prepare=True)
-        cursor = driver.execute(PAGE_SQL, params, prepare=True)
-        result = work()
-    check_fenced(cursor.fetchone()[3], run_id)
-    return result
+from qfsync.writers.postgresql import PostgresqlWriter  # noqa: E402
 
 
 def sync(url: str, api_url: str, overlapped: bool) -> float:
@@ -58,15 +43,15 @@ def sync(url: str, api_url: str, overlapped: bool) -> float:
         fetch = Prefetched(walk(client, JobQuery(), None, halt), halt, "fetch")
         if overlapped:
             pages: Iterator[Any] = fetch
-            prepared = writer.prepare(next(pages).jobs)
-            while prepared is not None:
+            upcoming = [writer.prepare(next(pages).jobs)]
 
-                def prepare_next() -> Any:
-                    page = next(pages, None)
-                    return None if page is None else writer.prepare(page.jobs)
+            def prepare_next() -> None:  # the writer's `meanwhile`: while the server works
+                page = next(pages, None)
+                upcoming.append(None if page is None else writer.prepare(page.jobs))
 
+            while (prepared := upcoming.pop()) is not None:
                 with connection.begin():
-                    prepared = write_overlapped(connection, prepared, run_id, prepare_next)
+                    writer.write(connection, prepared, run_id, runs.utcnow(), "m", prepare_next)
         else:
             ready = Prefetched(map(lambda page: writer.prepare(page.jobs), fetch), halt, "prep")
             for prepared in ready:
