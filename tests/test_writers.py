@@ -277,6 +277,31 @@ def test_postgresql_page_statement_is_short_enough_for_psycopg_to_cache():
         assert len(statement.encode()) <= MAX_CACHED_STATEMENT_LENGTH
 
 
+def test_postgresql_arrays_are_the_bytes_psycopg_itself_would_send():
+    """The writer encodes the page's arrays itself (cheaper than psycopg's list dumpers); they
+    must be byte for byte psycopg's own binary text[] and timestamptz[]."""
+    from psycopg import adapt, postgres
+    from psycopg.pq import Format
+
+    from qfsync.writers.postgresql import text_array, timestamptz_array
+
+    def psycopg_dump(values: list[Any], array_oid: int) -> bytes:
+        dumper = postgres.adapters.get_dumper_by_oid(array_oid, Format.BINARY)
+        return bytes(dumper(list, adapt.Transformer(postgres.adapters)).dump(values))
+
+    texts = ["job-1", "", "安全对齐 lr=3e-5", "tab\tand\nnewline", "😀"]
+    times = [
+        T0,
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),  # before PostgreSQL's epoch
+        datetime(2026, 3, 1, 16, 0, tzinfo=timezone(timedelta(hours=8))),
+        datetime(1970, 1, 1, tzinfo=UTC),
+    ]
+    for values in (texts, [*texts, None], [None], []):
+        assert bytes(text_array(values)) == psycopg_dump(values, 1009)
+    for moments in (times, [None, *times], [None], []):
+        assert bytes(timestamptz_array(moments)) == psycopg_dump(moments, 1185)
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_postgresql_pages_commit_without_waiting_for_the_disk(engine):
     """A page's transaction commits with synchronous_commit off, and only that transaction: the
