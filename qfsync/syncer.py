@@ -435,7 +435,13 @@ class Sync:
         connection = self._pages
         with connection.begin():
             counts = self.writer.write(
-                connection, ready.prepared, run_id, self._page_time(), page.next_marker, meanwhile
+                connection,
+                ready.prepared,
+                run_id,
+                self._page_time(),
+                page.next_marker,
+                meanwhile,
+                commit=listings is None,  # nothing else goes in this transaction
             )
             task_counts = self._write_tasks(connection, listings, run_id)
         result.add(len(page.jobs), counts)

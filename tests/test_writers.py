@@ -147,17 +147,34 @@ def test_writer_leaves_the_reference_tables(engine, compare):
     assert expected["counts"][3] == [(0, 2, 98), (0, 0, 100), (0, 0, 50)]
 
 
-def test_a_run_no_longer_running_stops_the_page(engine):
-    """When another process has ended the run, the page is refused and nothing is written."""
+@pytest.mark.parametrize("commit", [False, True], ids=["caller-commits", "writer-commits"])
+def test_a_run_no_longer_running_stops_the_page(engine, commit):
+    """When another process has ended the run, the page is refused and nothing is written, also
+    where the writer sends the COMMIT along with the page (PostgreSQL)."""
     writer = writers.for_dialect(engine.dialect.name)
     with engine.begin() as connection:
         start_run(connection, 1, T0)
         connection.execute(sync_runs.update().values(status="failed"))
     jobs = [parse_job(item, i) for i, item in enumerate(FakeApi(5).job_list())]
     with pytest.raises(LockLost, match="run 1 is no longer"), engine.begin() as connection:
-        writer.write(connection, writer.prepare(jobs), 1, T0, None)
+        writer.write(connection, writer.prepare(jobs), 1, T0, None, commit=commit)
     with engine.connect() as connection:
         assert connection.scalar(select(text("count(*)")).select_from(finetuning_jobs)) == 0
+        assert connection.scalar(select(sync_runs.c.pages)) == 0
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_postgresql_writer_commits_the_page_in_its_own_round_trip(engine):
+    """Given `commit`, the PostgreSQL writer sends the COMMIT with the page: the page is
+    committed when `write` returns, and the caller's commit finds nothing left to do."""
+    writer = writers.for_dialect("postgresql")
+    with engine.begin() as connection:
+        start_run(connection, 1, T0)
+    with engine.begin() as connection:
+        writer.write(connection, writer.prepare(synthetic(5)), 1, T0, "m", commit=True)
+        with engine.connect() as other:  # another session sees the page already
+            assert other.scalar(select(text("count(*)")).select_from(finetuning_jobs)) == 5
+            assert other.scalar(select(sync_runs.c.next_marker)) == "m"
 
 
 def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -66,13 +66,15 @@ class PageWriter(Protocol):
         now: datetime,
         next_marker: str | None,
         meanwhile: Callable[[], None] | None = None,
+        commit: bool = False,
     ) -> Counts:
         """Write the page and add it to the run's progress, fenced (`runs.still_running`):
         only while the run is still `running`, else raise LockLost (`runs.check_fenced`). The
         page's commit need not wait for the disk: the next sync would write it again (see "How
         a sync behaves" in the README). A writer whose driver lets the page's statement run
-        without waiting for it calls `meanwhile` once, while the server works; the others
-        leave it, as it would only keep the page's transaction open longer."""
+        without waiting for it calls `meanwhile` once, while the server works, and with
+        `commit` (the page is all of the caller's transaction) sends the COMMIT along with the
+        page, saving a round trip; the others leave both, which would save them nothing."""
         ...
 
 

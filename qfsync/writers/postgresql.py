@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg.adapt import Dumper
+from psycopg.errors import InvalidTextRepresentation
 from psycopg.pq import Format
 from sqlalchemy import Connection
 
@@ -104,10 +105,16 @@ progress AS (
      WHERE id = %(run_id)s::integer AND status = 'running'
     RETURNING 1
 )
-SELECT inserted, updated, unchanged, (SELECT count(*) FROM progress),
+-- The fence fails the statement, so that a COMMIT sent along with it (`write`) never commits
+-- the page of a run that lost its lock. A cast of the count, which the planner cannot fold into
+-- a constant and so raise while planning, as it would a literal's.
+SELECT inserted, updated, unchanged,
+       (SELECT CASE count(*) WHEN 1 THEN 1 ELSE ('qfsync fence: ' || count(*))::integer END
+          FROM progress),
        set_config('synchronous_commit', 'off', true)
   FROM counts
 """
+FENCE = "qfsync fence: "  # in the error of a fenced page
 # Sent without its indentation: psycopg caches the conversion of a query's %(name)s
 # placeholders only for texts up to 4096 bytes (psycopg._queries.MAX_CACHED_STATEMENT_LENGTH);
 # indented, this one is longer, and converting it again cost every page more than hashing it.
@@ -209,19 +216,28 @@ class PostgresqlWriter:
         now: datetime,
         next_marker: str | None,
         meanwhile: Callable[[], None] | None = None,
+        commit: bool = False,
     ) -> Counts:
         params = {**prepared, "now": now, "run_id": run_id, "next_marker": next_marker}
         driver = connection.connection.driver_connection
         assert driver is not None
         with driver_errors(connection):
             # Pipelined: the transaction's BEGIN, the settings and the page go in one round trip,
-            # sent at once; the server runs them while `meanwhile` runs here.
-            with driver.pipeline():
-                driver.execute(PLAN_SETTINGS, prepare=True)
-                cursor = driver.execute(PAGE_SQL, params, prepare=True)
-                if meanwhile is not None:
-                    meanwhile()
-            row = cursor.fetchone()
-        inserted, updated, unchanged, fenced, _ = row
-        check_fenced(fenced, run_id)
+            # sent at once; the server runs them while `meanwhile` runs here. The COMMIT follows
+            # in the same round trip; after `meanwhile`, so that a forced stop raised there
+            # leaves the page uncommitted, as the sync's counts will say. The caller's commit
+            # then has nothing left to do (psycopg sends none outside a transaction).
+            try:
+                with driver.pipeline():
+                    driver.execute(PLAN_SETTINGS, prepare=True)
+                    cursor = driver.execute(PAGE_SQL, params, prepare=True)
+                    if meanwhile is not None:
+                        meanwhile()
+                    if commit:
+                        driver.execute("COMMIT", prepare=False)
+            except InvalidTextRepresentation as exc:
+                if FENCE not in str(exc):
+                    raise
+                check_fenced(0, run_id)
+            inserted, updated, unchanged, _, _ = cursor.fetchone()
         return Counts(inserted, updated, unchanged)

@@ -89,6 +89,7 @@ class RowWriter:
         now: datetime,
         next_marker: str | None,
         meanwhile: Callable[[], None] | None = None,
+        commit: bool = False,
     ) -> Counts:
         driver = connection.connection.driver_connection
         assert driver is not None
@@ -105,7 +106,9 @@ class RowWriter:
             finally:
                 cursor.close()
         check_fenced(fenced, run_id)
-        return counts  # `meanwhile` is left: sqlite3 and PyMySQL wait for each statement
+        # `meanwhile` and `commit` are left: sqlite3 and PyMySQL wait for each statement, so
+        # neither would save any time.
+        return counts
 
     def _write(self, cursor: Any, rows: list[Row], run_id: int, now: Any) -> Counts:
         if not rows:
