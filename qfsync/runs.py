@@ -182,14 +182,19 @@ def succeed(connection: Connection, run_id: int, complete: bool, deleted: int) -
     check_fenced(updated.rowcount, run_id)
 
 
-def fail(engine: Engine, run_id: int, error: str) -> None:
-    """Fenced too: a row already closed (succeeded, or failed by another sync) stays as is."""
+def fail(engine: Engine, run_id: int, error: str) -> dict[str, int]:
+    """Fenced too: a row already closed (succeeded, or failed by another sync) stays as is.
+    Returns the run's counts as its row holds them, the sum of the pages it committed."""
     with engine.begin() as connection:
         connection.execute(
             update(sync_runs)
             .where(still_running(run_id))
             .values(status=FAILED, finished_at=utcnow(), error=error[:ERROR_CHARS])
         )
+        row = connection.execute(
+            select(*(sync_runs.c[name] for name in COUNTS)).where(sync_runs.c.id == run_id)
+        ).one()
+    return dict(row._mapping)
 
 
 def running(connection: Connection) -> Any:

@@ -377,8 +377,15 @@ class Sync:
         except BaseException as exc:
             failure = self._explain(exc)
             self.stop.uninterruptible = True  # a forced stop must not cut this short
+            # A page cut short by a forced stop may have left its connection mid-transaction,
+            # holding the lock on the run's row that `fail` needs, in a state psycopg cannot
+            # roll back: closing its socket makes the server roll it back.
+            self._close_pages(invalidate=True)
             try:
-                runs.fail(self.engine, run_id, reason(failure))
+                # The row's counts, not this result's: a stop that landed while a page's COMMIT
+                # was on its way leaves that page committed but never added up here.
+                for name, value in runs.fail(self.engine, run_id, reason(failure)).items():
+                    setattr(result, name, value)
             except SQLAlchemyError as db_exc:
                 raise DatabaseError(
                     f"{failure}; the run could not be marked failed either "
@@ -389,15 +396,20 @@ class Sync:
             raise failure from None
         finally:
             self.stop.event.set()  # halts the prefetch thread, if any
-            if self._pages is not None:
-                self._pages.close()
-                self._pages = None
+            self._close_pages()
             self.stop.uninterruptible = True  # the outcome is recorded: nothing left to force
         result.status = runs.SUCCEEDED
         result.requests = self.client.requests_made - requests_before
         result.duration_s = round(time.monotonic() - clock, 3)
         result.notes = self.notes
         return result
+
+    def _close_pages(self, invalidate: bool = False) -> None:
+        if self._pages is not None:
+            if invalidate:
+                self._pages.invalidate()
+            self._pages.close()
+            self._pages = None
 
     def _explain(self, exc: BaseException) -> BaseException:
         """The error to record and raise: the interruption if one was asked for, a database

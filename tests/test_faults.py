@@ -16,10 +16,12 @@ from sqlalchemy import func, select, text
 
 from qfsync import db
 from qfsync.cli import main
-from qfsync.client import RetryPolicy
-from qfsync.errors import RetriesExhausted
-from qfsync.fake_api import DEMO_ACCESS_KEY, DENIED_ACCESS_KEY, Faults
+from qfsync.client import Client, Credentials, JobQuery, RetryPolicy
+from qfsync.errors import ForcedInterrupt, Interrupted, RetriesExhausted
+from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, DENIED_ACCESS_KEY, Faults
+from qfsync.runs import COUNTS
 from qfsync.schema import finetuning_jobs, sync_runs
+from qfsync.syncer import Sync
 
 JOBS = 2537
 NO_RETRY = RetryPolicy(max_attempts=2, base_delay_s=0.001, max_delay_s=0.001)
@@ -385,3 +387,104 @@ def test_a_silent_postgresql_server_is_a_timeout_not_a_hang(monkeypatch):
     assert result.exit_code == 1, result.output
     [line] = result.stderr.splitlines()
     assert line.startswith("qfsync: error: cannot connect to ") and "timeout" in line, line
+
+
+class StopAfterCommit:
+    """A page writer whose `nth` page is committed and then stopped by a forced stop, as when
+    the second signal lands while the page's COMMIT is on its way (or, on PostgreSQL, while
+    the page's pipeline, COMMIT included, waits for its results)."""
+
+    def __init__(self, sync: Sync, nth: int):
+        self.writer, self.stop, self.nth, self.pages = sync.writer, sync.stop, nth, 0
+
+    def prepare(self, jobs):
+        return self.writer.prepare(jobs)
+
+    def write(self, connection, prepared, *args, **kwargs):
+        counts = self.writer.write(connection, prepared, *args, **kwargs)
+        self.pages += 1
+        if self.pages == self.nth:
+            self.stopped(connection)
+        return counts
+
+    def stopped(self, connection) -> None:
+        connection.commit()
+        self.force()
+
+    def force(self) -> None:
+        """The command line's two signals: the first asks to stop, the second forces it."""
+        self.stop.request(Interrupted("SIGTERM", 143))
+        raise ForcedInterrupt("SIGTERM", 143)
+
+
+def new_sync(engine, api) -> Sync:
+    client = Client(Credentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY), api.url, NO_RETRY)
+    return Sync(engine, client, JobQuery(page_size=100))
+
+
+def test_a_stopped_runs_counts_are_those_it_committed(engine, fake_api):
+    """A forced stop can land after a page is committed and before the sync has added it up:
+    the failed run's result (the --json line, the metrics) still says what its row says."""
+    sync = new_sync(engine, fake_api(1000))
+    sync.writer = StopAfterCommit(sync, nth=3)
+    with pytest.raises(Interrupted, match="interrupted by SIGTERM"):
+        sync.run()
+    (run,) = runs_of(engine)
+    assert run["status"] == "failed" and run["pages"] == 3 and run["jobs_inserted"] == 300
+    assert {name: getattr(sync.result, name) for name in COUNTS} == {
+        name: run[name] for name in COUNTS
+    }
+
+
+class RollbackImpossible(StopAfterCommit):
+    """A page writer whose `nth` page is stopped before its commit, on a connection that can
+    no longer roll back (psycopg after a forced stop cut its pipeline short): the page's
+    transaction keeps the lock on the run's row."""
+
+    def write(self, connection, prepared, *args, **kwargs):
+        # The page's transaction left open, whichever writer: the caller commits.
+        return super().write(connection, prepared, *args, **{**kwargs, "commit": False})
+
+    def stopped(self, connection) -> None:
+        driver = connection.connection.driver_connection
+
+        def rollback():
+            raise type(driver).InterfaceError("cannot roll back now")  # as psycopg's
+
+        driver.rollback = rollback
+        self.force()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_page_that_cannot_roll_back_does_not_block_marking_the_run_failed(engine, fake_api):
+    """The page connection of a forced stop is dropped before the run is marked failed: the
+    server rolls its transaction back, and `fail`, on another connection, does not wait for
+    ever on the run row's lock."""
+    sync = new_sync(engine, fake_api(500))
+    sync.writer = RollbackImpossible(sync, nth=2)
+    outcome: list[BaseException | None] = []
+    thread = threading.Thread(target=lambda: outcome.append(catch(sync.run)), daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    if thread.is_alive():  # blocked on the row lock: free it, so that the suite goes on
+        with engine.connect() as connection:
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        thread.join(timeout=30)
+        pytest.fail("marking the run failed waited on the interrupted page's lock")
+    assert isinstance(outcome[0], Interrupted), outcome
+    (run,) = runs_of(engine)
+    assert run["status"] == "failed" and run["error"] == "interrupted by SIGTERM"
+    assert run["pages"] == sync.result.pages == 1
+
+
+def catch(call) -> BaseException | None:
+    try:
+        call()
+    except BaseException as exc:  # noqa: BLE001 - handed to the test's thread to check
+        return exc
+    return None

@@ -222,11 +222,12 @@ class PostgresqlWriter:
         driver = connection.connection.driver_connection
         assert driver is not None
         with driver_errors(connection):
-            # Pipelined: the transaction's BEGIN, the settings and the page go in one round trip,
-            # sent at once; the server runs them while `meanwhile` runs here. The COMMIT follows
-            # in the same round trip; after `meanwhile`, so that a forced stop raised there
-            # leaves the page uncommitted, as the sync's counts will say. The caller's commit
-            # then has nothing left to do (psycopg sends none outside a transaction).
+            # Pipelined: the settings and the page go in one round trip, sent at once (psycopg
+            # sends the transaction's BEGIN ahead of them, in a round trip of its own), and the
+            # server runs them while `meanwhile` runs here. The COMMIT follows in the same round
+            # trip; after `meanwhile`, so that a forced stop raised there leaves the page
+            # uncommitted. The caller's commit then has nothing left to do (psycopg sends none
+            # outside a transaction).
             try:
                 with driver.pipeline():
                     driver.execute(PLAN_SETTINGS, prepare=True)
