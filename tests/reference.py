@@ -48,6 +48,7 @@ class ReferenceWriter:
         now: datetime,
         next_marker: str | None,
         meanwhile: Callable[[], None] | None = None,
+        commit: bool = False,  # the caller commits
     ) -> Counts:
         counts = write_jobs(connection, list(jobs), run_id, now)
         record_page(connection, run_id, len(jobs), counts, next_marker)

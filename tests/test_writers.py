@@ -62,6 +62,7 @@ def sync(engine: Engine, writer: PageWriter, items: Items, run_id: int) -> list[
                 now,
                 None if last else f"m{start}",
                 lambda: meanwhile.append(start),  # noqa: B023 - called before the loop goes on
+                commit=not last,  # as a sync does: the last page's deletions follow in it
             )
             counts.append((written.inserted, written.updated, written.unchanged))
             if last:
