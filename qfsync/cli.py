@@ -429,22 +429,41 @@ def install_signal_handlers(stop: "StopFlag") -> Callable[[], None]:
     still unheeded after STOP_GRACE_S, stops it where it is. Returns the function that
     disarms the grace timer once the sync has ended."""
     timers: list[threading.Timer] = []
+    starting = False  # the grace timer's thread is being started
+    held: ForcedInterrupt | None = None  # a second signal's, until it has
 
     def force(signum: int) -> None:
         if not stop.uninterruptible:
             os.kill(os.getpid(), signum)  # the handler runs again, in the main thread
 
     def handle(signum: int, _frame: Any) -> None:
+        nonlocal starting, held
         name = signal.Signals(signum).name
         code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
         if stop.reason is not None:
             # Stop now: the open transaction rolls back, a waiting statement is cancelled.
-            raise ForcedInterrupt(name, code)
+            forced = ForcedInterrupt(name, code)
+            if starting:
+                held = forced
+                return
+            raise forced
         stop.request(Interrupted(name, code))
         timer = threading.Timer(STOP_GRACE_S, force, (signum,))
         timer.daemon = True
         timers.append(timer)
-        timer.start()
+        # Raised inside Thread.start(), a second signal's ForcedInterrupt would cut its
+        # bookkeeping short (the new thread then prints a KeyError traceback), so it waits
+        # until the timer has started. Python runs handlers in the main thread, between two
+        # bytecodes, so a flag is enough (blocking the signals is not: the kernel hands them
+        # to another thread).
+        starting = True
+        try:
+            timer.start()
+        finally:
+            starting = False
+        if held is not None:
+            forced, held = held, None
+            raise forced
 
     def disarm() -> None:
         for timer in timers:

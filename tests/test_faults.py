@@ -14,14 +14,14 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
-from qfsync import db
+from qfsync import cli, db
 from qfsync.cli import main
 from qfsync.client import Client, Credentials, JobQuery, RetryPolicy
 from qfsync.errors import ForcedInterrupt, Interrupted, RetriesExhausted
 from qfsync.fake_api import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, DENIED_ACCESS_KEY, Faults
 from qfsync.runs import COUNTS
 from qfsync.schema import finetuning_jobs, sync_runs
-from qfsync.syncer import Sync
+from qfsync.syncer import StopFlag, Sync
 
 JOBS = 2537
 NO_RETRY = RetryPolicy(max_attempts=2, base_delay_s=0.001, max_delay_s=0.001)
@@ -488,3 +488,30 @@ def catch(call) -> BaseException | None:
     except BaseException as exc:  # noqa: BLE001 - handed to the test's thread to check
         return exc
     return None
+
+
+def test_a_second_signal_waits_until_the_grace_timer_has_started(monkeypatch):
+    """The first signal starts the grace timer; a second one that arrives meanwhile forces
+    the stop only once the timer's thread has started, never inside Thread.start()."""
+    steps: list[str] = []
+
+    class Timer(threading.Timer):
+        def start(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # the second signal, while the timer starts
+            steps.append("signalled")
+            super().start()
+            steps.append("started")
+
+    monkeypatch.setattr(cli.threading, "Timer", Timer)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        disarm = cli.install_signal_handlers(StopFlag())
+        try:
+            with pytest.raises(ForcedInterrupt, match="interrupted by SIGTERM"):
+                os.kill(os.getpid(), signal.SIGTERM)  # the first: Python handles it at once
+        finally:
+            disarm()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert steps == ["signalled", "started"]
