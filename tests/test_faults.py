@@ -417,18 +417,18 @@ class StopAfterCommit:
         raise ForcedInterrupt("SIGTERM", 143)
 
 
-def new_sync(engine, api) -> Sync:
-    client = Client(Credentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY), api.url, NO_RETRY)
-    return Sync(engine, client, JobQuery(page_size=100))
+def demo_client(api) -> Client:
+    return Client(Credentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY), api.url, NO_RETRY)
 
 
 def test_a_stopped_runs_counts_are_those_it_committed(engine, fake_api):
     """A forced stop can land after a page is committed and before the sync has added it up:
     the failed run's result (the --json line, the metrics) still says what its row says."""
-    sync = new_sync(engine, fake_api(1000))
-    sync.writer = StopAfterCommit(sync, nth=3)
-    with pytest.raises(Interrupted, match="interrupted by SIGTERM"):
-        sync.run()
+    with demo_client(fake_api(1000)) as client:
+        sync = Sync(engine, client, JobQuery(page_size=100))
+        sync.writer = StopAfterCommit(sync, nth=3)
+        with pytest.raises(Interrupted, match="interrupted by SIGTERM"):
+            sync.run()
     (run,) = runs_of(engine)
     assert run["status"] == "failed" and run["pages"] == 3 and run["jobs_inserted"] == 300
     assert {name: getattr(sync.result, name) for name in COUNTS} == {
@@ -460,12 +460,14 @@ def test_a_page_that_cannot_roll_back_does_not_block_marking_the_run_failed(engi
     """The page connection of a forced stop is dropped before the run is marked failed: the
     server rolls its transaction back, and `fail`, on another connection, does not wait for
     ever on the run row's lock."""
-    sync = new_sync(engine, fake_api(500))
+    client = demo_client(fake_api(500))
+    sync = Sync(engine, client, JobQuery(page_size=100))
     sync.writer = RollbackImpossible(sync, nth=2)
     outcome: list[BaseException | None] = []
     thread = threading.Thread(target=lambda: outcome.append(catch(sync.run)), daemon=True)
     thread.start()
     thread.join(timeout=60)
+    client.close()
     if thread.is_alive():  # blocked on the row lock: free it, so that the suite goes on
         with engine.connect() as connection:
             connection.execute(
