@@ -48,6 +48,7 @@ MARIADB_RUNS_AT_100K = 1
 CAP_S = 150  # a measurement still running after this is stopped and reported as "> CAP_S"
 BUDGET_S = 480  # after this many seconds, later repetitions are skipped (the table says so)
 SYNC_SCENARIOS = ("first sync", "re-sync unchanged", "re-sync 1% changed", "incremental, 50 new")
+DLT_SCENARIOS = ("first sync", "re-sync unchanged")
 NAN = float("nan")
 DEMO_ENV = {"QIANFAN_ACCESS_KEY": "qfsync-demo-ak", "QIANFAN_SECRET_KEY": "qfsync-demo-sk"}
 # dlt would try to send telemetry; this machine has no network beyond the package index.
@@ -344,6 +345,12 @@ class Row:
         return any(run.timed_out for run in self.runs)
 
 
+def qfsync_scenarios(latency: int) -> tuple[str, ...]:
+    # With latency, only the first sync: the question there is whether writing hides behind
+    # the waiting, and the first sync writes the most.
+    return SYNC_SCENARIOS if latency == 0 else SYNC_SCENARIOS[:1]
+
+
 class Bench:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str, str, int, int], Row] = {}
@@ -379,17 +386,15 @@ class Bench:
                     continue
                 self.record(row, measure(command, fake.env, subprocess.DEVNULL, fake), fake)
 
-    def qfsync(self, fake: Fake, db: Any, jobs: int, latency: int, repetition: int) -> None:
+    def skip(self, tool: str, scenarios: tuple[str, ...], db: Any, jobs: int, latency: int) -> None:
+        for scenario in scenarios:
+            self.row(tool, scenario, db.name, jobs, latency).skipped += 1
+
+    def qfsync(self, fake: Fake, db: Any, jobs: int, latency: int) -> None:
         """First sync into an empty database, re-sync unchanged, re-sync after 1% renames, and
         an incremental sync after 50 new jobs."""
-        # With latency, only the first sync: the question there is whether writing hides
-        # behind the waiting, and the first sync writes the most.
-        scenarios = SYNC_SCENARIOS if latency == 0 else SYNC_SCENARIOS[:1]
+        scenarios = qfsync_scenarios(latency)
         tag = f"qfsync_{jobs}"
-        if self.out_of_time(repetition):
-            for scenario in scenarios:
-                self.row("qfsync", scenario, db.name, jobs, latency).skipped += 1
-            return
         url = db.create(tag)
         if latency:
             # The latency question is whether start-up and writing hide behind the waiting
@@ -424,19 +429,14 @@ class Bench:
                 fake.ask("forget")  # later measurements expect the fake's N jobs
         db.drop(tag)
 
-    def dlt(self, fake: Fake, db: Any, jobs: int, repetition: int) -> None:
+    def dlt(self, fake: Fake, db: Any, jobs: int) -> None:
         """dlt's merge into an empty database, then the same pipeline again, nothing changed."""
         tag = f"dlt_{jobs}"
-        scenarios = ("first sync", "re-sync unchanged")
-        if self.out_of_time(repetition):
-            for scenario in scenarios:
-                self.row("dlt", scenario, db.name, jobs, 0).skipped += 1
-            return
         url = db.create(tag)
         state = OUT / f"{tag}_pipelines"
         shutil.rmtree(state, ignore_errors=True)
         command = [sys.executable, str(HERE / "dlt_pipeline.py"), fake.url, url, str(state)]
-        for scenario in scenarios:
+        for scenario in DLT_SCENARIOS:
             row = self.row("dlt", scenario, db.name, jobs, 0)
             run = measure(command, DLT_ENV, fake=fake, server=db.server)
             self.record(row, run, fake)
@@ -462,10 +462,16 @@ class Bench:
                         runs = MARIADB_RUNS_AT_100K
                     # qfsync and dlt take turns, so that each ratio's two medians come from
                     # runs minutes apart at most, through the machine's changes of pace.
+                    with_dlt = latency == 0 and db.name != "mariadb"  # dlt's are the reference
                     for repetition in range(runs):
-                        self.qfsync(fake, db, jobs, latency, repetition)
-                        if latency == 0 and db.name != "mariadb":  # dlt's are the reference
-                            self.dlt(fake, db, jobs, repetition)
+                        if self.out_of_time(repetition):
+                            self.skip("qfsync", qfsync_scenarios(latency), db, jobs, latency)
+                            if with_dlt:
+                                self.skip("dlt", DLT_SCENARIOS, db, jobs, 0)
+                            continue
+                        self.qfsync(fake, db, jobs, latency)
+                        if with_dlt:
+                            self.dlt(fake, db, jobs)
             finally:
                 fake.close()
 
